@@ -1,0 +1,131 @@
+"""`imgsearch`: thin wiring from sub-commands to the layer that owns each job."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+cli = typer.Typer(help="Cross-modal image-text search: data, training, evaluation.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+data_cli = typer.Typer(help="Datasets: generate the synthetic scenes.", no_args_is_help=True)
+cli.add_typer(data_cli, name="data")
+
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError)
+
+
+def main() -> None:
+    """Entry point: user mistakes print one line and exit 1, with no traceback."""
+    try:
+        cli()
+    except USER_ERRORS as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+
+
+@data_cli.command("synth")
+def synth(out: Annotated[Path, typer.Option(help="output folder")] = Path("demo/scenes"),
+          count: Annotated[int, typer.Option(help="number of scenes")] = 2000,
+          seed: int = 0, size: Annotated[int, typer.Option(help="image side in pixels")] = 128,
+          max_objects: int = 3) -> None:
+    """Render synthetic scenes as PNGs plus a Karpathy-format dataset.json."""
+    from models.data import generate_scenes
+
+    path = generate_scenes(out, count, seed=seed, image_size=size, max_objects=max_objects)
+    typer.echo(f"wrote {count} scenes: {path}")
+
+
+@cli.command()
+def encoders() -> None:
+    """List the encoder architectures in the registry."""
+    from models.encoders import get_encoder_config, list_encoders
+
+    for name in list_encoders():
+        config = get_encoder_config(name)
+        text = config.get("text", {}).get("kind", "-")
+        image = config.get("image", {}).get("backbone", config.get("model", "-"))
+        typer.echo(f"{name:<28} family={config['family']:<9} image={image:<10} text={text}")
+
+
+@cli.command("train")
+def train_command(
+    config: Annotated[Path | None, typer.Option(help="training config (TOML)")] = None,
+    data: Annotated[str | None, typer.Option(help="dataset: Karpathy JSON, its folder, or an image folder")] = None,
+    model: Annotated[str | None, typer.Option(help="encoder name from the registry")] = None,
+    out_dir: Annotated[str | None, typer.Option(help="where checkpoints and metrics go")] = None,
+    epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+    image_size: int | None = None, seed: int | None = None,
+    time_budget_minutes: Annotated[float | None, typer.Option(help="stop after this much training")] = None,
+    resume: Annotated[bool, typer.Option(help="continue from out_dir's last checkpoint")] = False,
+) -> None:
+    """Train an encoder; checkpoints every epoch, keeps the best by validation rsum."""
+    from models.training import TrainConfig, train
+
+    overrides = {"data": data, "model": model, "out_dir": out_dir, "epochs": epochs, "batch_size": batch_size,
+                 "lr": lr, "image_size": image_size, "seed": seed, "time_budget_minutes": time_budget_minutes}
+    settings = TrainConfig.from_file(config, **overrides) if config else TrainConfig.from_dict({}, **overrides)
+    if not settings.data:
+        raise ValueError("no dataset: give --data or set data in the config")
+    result = train(settings, resume=resume)
+    if result.best_metrics is not None:
+        typer.echo(result.best_metrics.table())
+    typer.echo(f"best model: {result.best_checkpoint}  ({result.wall_seconds:.0f} s, "
+               f"peak memory {result.peak_memory_mb:.0f} MB)")
+
+
+@cli.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="encoder checkpoint (.pt)")],
+    data: Annotated[str, typer.Option(help="dataset: Karpathy JSON, its folder, or an image folder")],
+    split: Annotated[str, typer.Option(help="val or test")] = "val",
+    max_images: Annotated[int | None, typer.Option(help="evaluate on the first N images only")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
+    cache_dir: Path = Path(".cache/imgsearch"),
+) -> None:
+    """Recall@1/5/10, median and mean rank both ways, and rsum, on one split."""
+    from models.data import decode_split, load_records, select_split
+    from models.encoders import load_encoder
+    from models.evaluation import evaluate_encoder
+
+    encoder = load_encoder(checkpoint)
+    records = select_split(load_records(data), split)[: max_images or None]
+    decoded = decode_split(records, split, encoder.image_size, cache_dir)
+    if len(decoded.report):
+        typer.echo(decoded.report.summary(), err=True)
+    if len(decoded) == 0:
+        raise ValueError(f"{data}: no usable captioned images in split {split!r}")
+    metrics = evaluate_encoder(encoder, decoded, progress=True)
+    typer.echo(f"{encoder.name} on {data} [{split}]\n{metrics.table()}")
+    if json_out:
+        json_out.write_text(json.dumps({"checkpoint": str(checkpoint), "data": data, "split": split,
+                                        "metrics": metrics.as_dict()}, indent=1))
+
+
+@cli.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="working folder for the demo")] = Path("demo"),
+    count: Annotated[int, typer.Option(help="number of synthetic scenes")] = 1500,
+    epochs: int = 6,
+) -> None:
+    """Offline demo: generate a synthetic gallery, train a small VSE++ on it, evaluate it."""
+    from models.data import generate_scenes
+    from models.training import TrainConfig, train
+
+    typer.echo(f"[1/2] generating {count} synthetic scenes in {out / 'scenes'}")
+    dataset = generate_scenes(out / "scenes", count, seed=0, image_size=64)
+    typer.echo("[2/2] training a small VSE++ (ResNet-18 at 64 px + GRU)")
+    config = TrainConfig.from_file(Path(__file__).resolve().parent.parent / "configs" / "synthetic_vsepp.toml",
+                                   data=str(dataset), out_dir=str(out / "run"), epochs=epochs)
+    result = train(config)
+    typer.echo(result.best_metrics.table() if result.best_metrics else "no epoch finished")
+    typer.echo(f"model: {result.best_checkpoint}; metrics plot: {out / 'run' / 'metrics.png'}")
+
+
+if __name__ == "__main__":
+    main()

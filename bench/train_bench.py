@@ -1,0 +1,110 @@
+"""Train and evaluate encoders on a dataset; print one Recall@K table and write it as JSON.
+
+    python bench/train_bench.py --suite flickr8k            # VSE0 / VSE++, GRU and MiniLM towers
+    python bench/train_bench.py --suite synthetic           # VSE / VSE++ on the synthetic scenes
+    python bench/train_bench.py --suite flickr8k --reuse    # re-read finished runs, train nothing
+
+Each run is a separate `imgsearch train` process, so its wall time and peak memory are its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
+
+SUITES = {
+    "flickr8k": [
+        ("VSE0, GRU", "configs/flickr8k_vse_gru.toml"),
+        ("VSE++, GRU", "configs/flickr8k_vsepp_gru.toml"),
+        ("VSE0, MiniLM (frozen)", "configs/flickr8k_vse_minilm.toml"),
+        ("VSE++, MiniLM (frozen)", "configs/flickr8k_vsepp_minilm.toml"),
+    ],
+    "synthetic": [
+        ("VSE, GRU", "configs/synthetic_vse.toml"),
+        ("VSE++, GRU", "configs/synthetic_vsepp.toml"),
+    ],
+}
+METRIC_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "rsum")
+
+
+def run_training(config: Path, data: Path, out_dir: Path, extra: list[str]) -> float:
+    command = [sys.executable, "-m", "app.cli", "train", "--config", str(config), "--data", str(data),
+               "--out-dir", str(out_dir), *extra]
+    print("$", " ".join(command), flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return time.perf_counter() - started
+
+
+def summarise(label: str, config: Path, out_dir: Path, wall: float | None) -> dict:
+    history = json.loads((out_dir / "metrics.json").read_text())["history"]
+    best = max(history, key=lambda h: h["val"]["rsum"])
+    return {"run": label, "config": str(config.relative_to(ROOT)), "out_dir": str(out_dir),
+            "epochs_run": len(history), "best_epoch": best["epoch"], **{k: best["val"][k] for k in METRIC_COLUMNS},
+            "train_minutes": sum(h["train_seconds"] for h in history) / 60,
+            "wall_minutes": (wall / 60) if wall is not None else None,
+            "peak_memory_gb": max(h["peak_memory_mb"] for h in history) / 1024,
+            "train_images_per_second": sum(h["images_per_second"] for h in history) / len(history),
+            "rsum_per_epoch": [round(h["val"]["rsum"], 1) for h in history]}
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (f"{'run':<24}{'i2t R@1':>8}{'R@5':>6}{'R@10':>6}{'medr':>6}{'t2i R@1':>9}{'R@5':>6}{'R@10':>6}"
+              f"{'medr':>6}{'rsum':>7}{'epochs':>7}{'train min':>10}{'wall min':>9}{'peak GB':>8}")
+    print(header)
+    for r in rows:
+        wall = f"{r['wall_minutes']:.1f}" if r["wall_minutes"] is not None else "-"
+        print(f"{r['run']:<24}{r['i2t_r1']:>8.1f}{r['i2t_r5']:>6.1f}{r['i2t_r10']:>6.1f}{r['i2t_medr']:>6.0f}"
+              f"{r['t2i_r1']:>9.1f}{r['t2i_r5']:>6.1f}{r['t2i_r10']:>6.1f}{r['t2i_medr']:>6.0f}{r['rsum']:>7.1f}"
+              f"{r['best_epoch']:>4}/{r['epochs_run']:<2}{r['train_minutes']:>10.1f}{wall:>9}{r['peak_memory_gb']:>8.2f}")
+
+
+def synthetic_dataset(count: int) -> Path:
+    from models.data import generate_scenes
+
+    folder = ROOT / "runs" / f"synthetic_scenes_{count}"
+    json_path = folder / "dataset.json"
+    return json_path if json_path.is_file() else generate_scenes(folder, count, seed=0, image_size=64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", choices=sorted(SUITES), default="flickr8k")
+    parser.add_argument("--data", type=Path, help="dataset (default: ../shared/data/flickr8k or generated scenes)")
+    parser.add_argument("--scenes", type=int, default=4000, help="synthetic suite: number of scenes")
+    parser.add_argument("--only", help="comma-separated run labels to (re)train")
+    parser.add_argument("--reuse", action="store_true", help="train nothing; summarise finished runs")
+    parser.add_argument("--out", type=Path, help="JSON output (default bench/results/train_SUITE.json)")
+    parser.add_argument("extra", nargs="*", help="options passed to every `imgsearch train` (after --)")
+    args = parser.parse_args()
+    data = args.data or (SHARED_FLICKR8K if args.suite == "flickr8k" else synthetic_dataset(args.scenes))
+    if not Path(data).exists():
+        sys.exit(f"dataset {data} not found (the Flickr8k suite needs ../shared/data/flickr8k)")
+    rows = []
+    for label, config in SUITES[args.suite]:
+        out_dir = ROOT / "runs" / f"{args.suite}_{Path(config).stem}"
+        selected = args.only is None or label in args.only.split(",")
+        wall = None
+        if selected and not args.reuse:
+            wall = run_training(ROOT / config, Path(data), out_dir, args.extra)
+        if (out_dir / "metrics.json").is_file():
+            rows.append(summarise(label, ROOT / config, out_dir, wall))
+    print_table(rows)
+    out = args.out or ROOT / "bench" / "results" / f"train_{args.suite}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"suite": args.suite, "data": str(data), "machine": platform.processor() or
+                               platform.machine(), "cpu_count": os.cpu_count(), "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

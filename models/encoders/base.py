@@ -1,0 +1,135 @@
+"""The interface every encoder family implements, and the single-file checkpoint format."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from models.data.images import image_to_uint8
+
+CHECKPOINT_FORMAT = "imgsearch-encoder/1"
+ImageBatch = torch.Tensor | Sequence[Image.Image]
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    """The one L2 normalisation of the project: rows of `x` scaled to unit length."""
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, unreadable or not an imgsearch encoder."""
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """Requested pretrained weights could not be found locally nor downloaded."""
+
+
+class Encoder(nn.Module):
+    """Maps images and texts into one space; both `encode_*` return L2-normalised (N, D) rows.
+
+    Subclasses set `family`, build their towers from a JSON-able `config` in `__init__`, and
+    implement `image_embedding`, `text_embedding` (unnormalised) and `training_losses`.
+    Images may be given as PIL images or as a uint8 (N, 3, H, W) tensor; they are resized to
+    the encoder's `image_size` and normalised with its own mean and std.
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(self, name: str, config: dict[str, Any]):
+        super().__init__()
+        self.name = name
+        self.config = config
+        self.embed_dim = int(config["embed_dim"])
+        self.image_size = int(config.get("image_size", 64))
+
+    # --- what callers use -------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_image(self, images: ImageBatch) -> torch.Tensor:
+        return l2_normalize(self.image_embedding(self.prepare_images(images)))
+
+    @torch.no_grad()
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        if isinstance(texts, str):
+            raise TypeError("encode_text takes a list of texts, not a single string")
+        return l2_normalize(self.text_embedding(list(texts)))
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of `text` the text tower cannot represent (mapped to <unk>); [] if it knows all."""
+        return []
+
+    def knows_word(self, word: str) -> bool:
+        return not self.unknown_words(word)
+
+    # --- what families implement --------------------------------------------------------------
+    def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Unnormalised image embeddings from uint8 pixels already at `image_size`."""
+        raise NotImplementedError
+
+    def text_embedding(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int) -> dict[str, torch.Tensor]:
+        """Named loss terms for one batch of matching (image, caption) pairs; 'loss' is the total."""
+        raise NotImplementedError
+
+    def vocabulary_words(self) -> list[str] | None:
+        """The word list to store in the checkpoint (None when the text tower needs none)."""
+        return None
+
+    def extra_state_for_checkpoint(self) -> dict[str, Any]:
+        """JSON-able extras a family needs to rebuild itself (e.g. tokenizer files)."""
+        return {}
+
+    # --- shared plumbing ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def prepare_images(self, images: ImageBatch) -> torch.Tensor:
+        """PIL images or a uint8/float tensor -> uint8 (N, 3, S, S) on this encoder's device."""
+        if not isinstance(images, torch.Tensor):
+            arrays = [image_to_uint8(image.convert("RGB"), self.image_size) for image in images]
+            images = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0, 3, self.image_size,
+                                                                                      self.image_size)
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images shaped (N, 3, H, W), got {tuple(images.shape)}")
+        if images.dtype.is_floating_point:
+            images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            images = F.interpolate(images.float(), size=(self.image_size, self.image_size), mode="bilinear",
+                                   antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        return images.to(self.device)
+
+    def checkpoint_payload(self) -> dict[str, Any]:
+        return {"format": CHECKPOINT_FORMAT, "family": self.family, "name": self.name,
+                "config": self.config, "vocab": self.vocabulary_words(),
+                "extra": self.extra_state_for_checkpoint(), "state_dict": self.state_dict()}
+
+    def save(self, path: str | Path) -> Path:
+        """Write weights, config and vocabulary into one file (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        torch.save(self.checkpoint_payload(), temporary)
+        temporary.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+        from models.encoders.registry import load_encoder
+
+        return load_encoder(path, device)
+
+
+def normalize_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float, scaled by the backbone's mean/std, in channels-last layout (faster on CPU)."""
+    x = pixels.float().div_(255.0)
+    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last)

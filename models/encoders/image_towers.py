@@ -1,0 +1,114 @@
+"""Image backbones: torchvision ResNets or an open_clip visual tower, random or pretrained.
+
+`build_image_backbone(cfg)` returns a module mapping normalised pixels to a feature vector, its
+feature size and the mean/std it expects. Weights are random by default; `pretrained` may be a
+local weights file (works offline) or a name ("imagenet" for torchvision, an open_clip tag).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
+
+
+@dataclass
+class ImageBackbone:
+    module: nn.Module
+    feature_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def build_image_backbone(cfg: dict[str, Any]) -> ImageBackbone:
+    """cfg: {"backbone": "resnet18" | "openclip", "pretrained": None | name | path, ...}."""
+    name = cfg.get("backbone", "resnet18")
+    if name in RESNETS:
+        return _resnet(name, cfg.get("pretrained"))
+    if name == "openclip":
+        return _openclip_visual(cfg)
+    raise ValueError(f"unknown image backbone {name!r}: expected one of {', '.join(RESNETS)} or 'openclip'")
+
+
+def _resnet(name: str, pretrained: str | None) -> ImageBackbone:
+    from models.encoders.base import PretrainedUnavailableError
+
+    builder = getattr(torchvision.models, name)
+    if pretrained and pretrained != "imagenet" and not Path(pretrained).is_file():
+        raise PretrainedUnavailableError(f"{name}: weights file {pretrained!r} not found "
+                                         "(give a local .pth state_dict, 'imagenet', or nothing for random init)")
+    if pretrained == "imagenet":
+        try:
+            model = builder(weights="DEFAULT")
+        except Exception as error:  # urllib/SSL/OS errors differ by platform; all mean "no weights"
+            raise PretrainedUnavailableError(
+                f"{name}: could not download ImageNet weights ({type(error).__name__}: {error}). "
+                "Without internet, pass a local weights file as 'pretrained'.") from error
+    else:
+        model = builder(weights=None)
+        if pretrained:
+            _load_local_state(model, Path(pretrained))
+    model.fc = nn.Identity()
+    return ImageBackbone(model, RESNETS[name], IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _load_local_state(model: nn.Module, path: Path) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is replaced
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the backbone (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})")
+
+
+def _openclip_visual(cfg: dict[str, Any]) -> ImageBackbone:
+    model = create_openclip_model(cfg["model"], cfg.get("pretrained"), cfg.get("model_cfg"))
+    visual = model.visual
+    mean = tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN)
+    std = tuple(getattr(visual, "image_std", None) or OPENAI_STD)
+    return ImageBackbone(visual, int(visual.output_dim), mean, std)
+
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def create_openclip_model(model_name: str, pretrained: str | None, model_cfg: dict | None = None) -> nn.Module:
+    """An open_clip model by registry name (or a custom config dict), with clear weight errors."""
+    import open_clip
+
+    from models.encoders.base import PretrainedUnavailableError
+
+    if model_cfg is not None:
+        register_openclip_config(model_name, model_cfg)
+    if model_name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model_name!r} (see open_clip.list_models())")
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained or None)
+    except RuntimeError as error:
+        if pretrained and ("download" in str(error).lower() or "pretrained" in str(error).lower()):
+            raise PretrainedUnavailableError(
+                f"open_clip {model_name}: pretrained weights {pretrained!r} are not available "
+                f"({error}). Offline, pass the path of a local checkpoint file as pretrained.") from error
+        raise
+
+
+def register_openclip_config(model_name: str, model_cfg: dict) -> None:
+    """Make a custom open_clip architecture known under `model_name` (open_clip reads files only)."""
+    import open_clip
+
+    folder = Path(tempfile.mkdtemp(prefix="imgsearch-openclip-"))
+    (folder / f"{model_name}.json").write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(folder)

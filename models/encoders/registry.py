@@ -1,0 +1,108 @@
+"""Encoder registry: names -> JSON config files, families -> classes, one factory.
+
+Like open_clip's `model_configs/`, each file in `models/configs/NAME.json` describes one
+architecture: `{"family": "vse", "embed_dim": ..., "image": {...}, "text": {...}, "loss": {...}}`.
+A new family registers its class with `@register_family("name")` and needs no change in callers.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.encoders.base import CHECKPOINT_FORMAT, CheckpointError, Encoder
+from models.vocab import Vocabulary
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_FAMILIES: dict[str, type[Encoder]] = {}
+_FAMILY_MODULES = ("models.encoders.vse", "models.encoders.openclip")
+
+
+def register_family(name: str):
+    def decorate(cls: type[Encoder]) -> type[Encoder]:
+        _FAMILIES[name] = cls
+        return cls
+    return decorate
+
+
+def _families() -> dict[str, type[Encoder]]:
+    for module in _FAMILY_MODULES:
+        importlib.import_module(module)
+    return _FAMILIES
+
+
+def list_encoders() -> list[str]:
+    """Names of the architectures in `models/configs/`."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def get_encoder_config(name: str) -> dict[str, Any]:
+    path = CONFIG_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}")
+    return json.loads(path.read_text())
+
+
+def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Deep-merge `overrides` into a copy of `base` (nested dicts merge, other values replace)."""
+    merged = copy.deepcopy(base)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def needs_vocabulary(config: dict[str, Any]) -> bool:
+    """Whether the text tower is word-level, so training must build a vocabulary first."""
+    return config.get("family") != "openclip" and config.get("text", {}).get("kind", "gru") in ("gru", "lstm")
+
+
+def create_encoder(name: str, vocab: Vocabulary | None = None, overrides: dict[str, Any] | None = None,
+                   config: dict[str, Any] | None = None) -> Encoder:
+    """Build an untrained (or pretrained, where its config says so) encoder by registry name."""
+    config = merge_config(config if config is not None else get_encoder_config(name), overrides)
+    family = config.get("family")
+    families = _families()
+    if family not in families:
+        raise ValueError(f"encoder {name!r}: unknown family {family!r}; known: {', '.join(sorted(families))}")
+    return families[family](name, config, vocab=vocab)
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+    """Rebuild an encoder from a checkpoint file (an encoder file or a training checkpoint)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file; all mean "unreadable"
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from error
+    payload = payload.get("encoder", payload) if isinstance(payload, dict) else payload
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an imgsearch encoder checkpoint")
+    families = _families()
+    if payload["family"] not in families:
+        raise CheckpointError(f"{path}: encoder family {payload['family']!r} is not installed")
+    vocab = Vocabulary(payload["vocab"]) if payload.get("vocab") else None
+    config = payload["config"]
+    if config.get("family") == "openclip" or "image" in config:
+        config = _without_pretrained(config)  # the checkpoint already holds the weights
+    encoder = families[payload["family"]](payload["name"], config, vocab=vocab, extra=payload.get("extra"))
+    encoder.load_state_dict(payload["state_dict"])
+    encoder.config = payload["config"]
+    return encoder.to(device).eval()
+
+
+def _without_pretrained(config: dict[str, Any]) -> dict[str, Any]:
+    config = copy.deepcopy(config)
+    config.pop("pretrained", None)
+    if isinstance(config.get("image"), dict):
+        config["image"].pop("pretrained", None)
+    return config

@@ -1,0 +1,79 @@
+"""VSE (Kiros et al. 2014) and VSE++ (Faghri et al. 2018): one model, two ranking losses.
+
+Image: a CNN backbone, then a linear projection. Text: word embeddings + GRU/LSTM (last hidden
+state), or a sentence-transformers model. Similarity: cosine. The loss (config "loss") is the sum
+of hinges (VSE) or the max of hinges, i.e. the hardest negative in the batch (VSE++).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.encoders.base import Encoder, l2_normalize, normalize_pixels
+from models.encoders.image_towers import build_image_backbone
+from models.encoders.registry import register_family
+from models.encoders.text_towers import SentenceTransformerTower, build_text_tower
+from models.losses import build_ranking_loss, ranking_loss
+from models.vocab import Vocabulary
+
+
+class ImageTower(nn.Module):
+    """Backbone features -> linear projection; a frozen backbone stays in eval mode."""
+
+    def __init__(self, cfg: dict[str, Any], embed_dim: int):
+        super().__init__()
+        backbone = build_image_backbone(cfg)
+        self.backbone = backbone.module.to(memory_format=torch.channels_last)
+        self.project = nn.Linear(backbone.feature_dim, embed_dim)
+        self.register_buffer("mean", torch.tensor(backbone.mean), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std), persistent=False)
+        self.frozen = bool(cfg.get("freeze", False))
+        self.backbone.requires_grad_(not self.frozen)
+
+    def train(self, mode: bool = True) -> ImageTower:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.project(self.backbone(normalize_pixels(pixels, self.mean, self.std)))
+
+
+@register_family("vse")
+class VSE(Encoder):
+    family = "vse"
+
+    def __init__(self, name: str, config: dict[str, Any], vocab: Vocabulary | None = None,
+                 extra: dict[str, Any] | None = None):
+        super().__init__(name, config)
+        self.image_tower = ImageTower(config.get("image", {}), self.embed_dim)
+        self.text_tower = build_text_tower(config.get("text", {}), self.embed_dim, vocab, extra)
+        self.loss = build_ranking_loss(config.get("loss", {}))
+
+    def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.image_tower(pixels)
+
+    def text_embedding(self, texts: list[str]) -> torch.Tensor:
+        return self.text_tower(texts)
+
+    def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int) -> dict[str, torch.Tensor]:
+        images = l2_normalize(self.image_embedding(pixels))
+        texts = l2_normalize(self.text_embedding(captions))
+        loss = ranking_loss(self.loss, images @ texts.t(), epoch)
+        return {"loss": loss, "ranking": loss.detach()}
+
+    def unknown_words(self, text: str) -> list[str]:
+        return self.text_tower.unknown_words(text)
+
+    def vocabulary_words(self) -> list[str] | None:
+        vocab = getattr(self.text_tower, "vocab", None)
+        return vocab.words if vocab is not None else None
+
+    def extra_state_for_checkpoint(self) -> dict[str, Any]:
+        if isinstance(self.text_tower, SentenceTransformerTower):
+            return {"text_files": self.text_tower.files}
+        return {}

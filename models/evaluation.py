@@ -1,0 +1,128 @@
+"""Recall@K evaluation for cross-modal retrieval: the one implementation training, tests and
+benchmarks share.
+
+Protocol (Karpathy splits): image -> text ranks an image by the best-placed of its own captions;
+text -> image ranks a caption by the place of its image. Ties count against the query (a
+negative scoring equal to the positive is ranked above it), so a collapsed model scores chance.
+Captions may number any count per image: ownership comes from `caption_to_image`, never `5 * i`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+KS = (1, 5, 10)
+
+
+@dataclass
+class RetrievalMetrics:
+    i2t_r1: float
+    i2t_r5: float
+    i2t_r10: float
+    i2t_medr: float
+    i2t_meanr: float
+    t2i_r1: float
+    t2i_r5: float
+    t2i_r10: float
+    t2i_medr: float
+    t2i_meanr: float
+    rsum: float
+    n_images: int
+    n_captions: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def table(self) -> str:
+        header = f"{'direction':<14}{'R@1':>7}{'R@5':>7}{'R@10':>7}{'medr':>7}{'meanr':>8}"
+        rows = [header]
+        for label, prefix in (("image->text", "i2t"), ("text->image", "t2i")):
+            values = [getattr(self, f"{prefix}_{k}") for k in ("r1", "r5", "r10", "medr", "meanr")]
+            rows.append(f"{label:<14}" + "".join(f"{v:>7.1f}" for v in values[:4]) + f"{values[4]:>8.1f}")
+        rows.append(f"rsum {self.rsum:.1f}   ({self.n_images} images, {self.n_captions} captions)")
+        return "\n".join(rows)
+
+
+def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_to_image: Sequence[int],
+                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks (image->text per image, text->image per caption) from embeddings, chunked
+    so the full similarity matrix is never held for large galleries."""
+    owners = torch.as_tensor(np.asarray(caption_to_image), dtype=torch.long)
+    image_emb, text_emb = image_emb.float().cpu(), text_emb.float().cpu()
+    i2t = np.empty(image_emb.shape[0], dtype=np.int64)
+    t2i = np.empty(text_emb.shape[0], dtype=np.int64)
+    for start in range(0, image_emb.shape[0], chunk):
+        scores = image_emb[start:start + chunk] @ text_emb.t()
+        i2t[start:start + chunk] = _image_to_text_ranks(scores, owners, start)
+    for start in range(0, text_emb.shape[0], chunk):
+        scores = text_emb[start:start + chunk] @ image_emb.t()  # captions x images
+        t2i[start:start + chunk] = _text_to_image_ranks(scores, owners[start:start + chunk])
+    return i2t, t2i
+
+
+def _image_to_text_ranks(scores: torch.Tensor, owners: torch.Tensor, first_image: int) -> np.ndarray:
+    rows = torch.arange(scores.shape[0]) + first_image
+    own = owners.view(1, -1) == rows.view(-1, 1)
+    best_own = scores.masked_fill(~own, float("-inf")).max(dim=1).values
+    beaten_by = ((scores >= best_own.view(-1, 1)) & ~own).sum(dim=1)
+    return (beaten_by + 1).numpy()
+
+
+def _text_to_image_ranks(scores: torch.Tensor, owners: torch.Tensor) -> np.ndarray:
+    positive = scores.gather(1, owners.view(-1, 1))
+    beaten_by = (scores >= positive).sum(dim=1) - 1  # minus the positive itself
+    return (beaten_by + 1).numpy()
+
+
+def metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray) -> RetrievalMetrics:
+    def recalls(ranks: np.ndarray) -> list[float]:
+        return [100.0 * float(np.mean(ranks <= k)) for k in KS]
+
+    r_i2t, r_t2i = recalls(i2t), recalls(t2i)
+    return RetrievalMetrics(*r_i2t, float(np.floor(np.median(i2t))), float(np.mean(i2t)),
+                            *r_t2i, float(np.floor(np.median(t2i))), float(np.mean(t2i)),
+                            sum(r_i2t) + sum(r_t2i), int(len(i2t)), int(len(t2i)))
+
+
+def recall_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_to_image: Sequence[int]
+                   ) -> RetrievalMetrics:
+    """R@1/5/10, median and mean rank both ways, and rsum, for L2-normalised embeddings."""
+    if len(caption_to_image) != text_emb.shape[0]:
+        raise ValueError(f"{len(caption_to_image)} caption owners for {text_emb.shape[0]} captions")
+    return metrics_from_ranks(*retrieval_ranks(image_emb, text_emb, caption_to_image))
+
+
+def metrics_from_similarity(similarity: np.ndarray | torch.Tensor, caption_to_image: Sequence[int]
+                            ) -> RetrievalMetrics:
+    """Metrics from a precomputed (images x captions) similarity matrix."""
+    similarity = torch.as_tensor(np.asarray(similarity), dtype=torch.float32)
+    owners = torch.as_tensor(np.asarray(caption_to_image), dtype=torch.long)
+    i2t = _image_to_text_ranks(similarity, owners, 0)
+    t2i = _text_to_image_ranks(similarity.t().contiguous(), owners)
+    return metrics_from_ranks(i2t, t2i)
+
+
+@torch.no_grad()
+def encode_pairs(encoder, pixels: torch.Tensor, captions: Sequence[str], batch_size: int = 256,
+                 progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised embeddings of every image (uint8 tensor) and caption, in batches."""
+    was_training = encoder.training
+    encoder.eval()
+    image_parts, text_parts = [], []
+    for start in tqdm(range(0, len(pixels), batch_size), desc="encode images", disable=not progress):
+        image_parts.append(encoder.encode_image(pixels[start:start + batch_size]).cpu())
+    for start in tqdm(range(0, len(captions), batch_size), desc="encode captions", disable=not progress):
+        text_parts.append(encoder.encode_text(list(captions[start:start + batch_size])).cpu())
+    encoder.train(was_training)
+    return torch.cat(image_parts), torch.cat(text_parts)
+
+
+def evaluate_encoder(encoder, split, batch_size: int = 256, progress: bool = False) -> RetrievalMetrics:
+    """Encode a `DecodedSplit` and score it."""
+    image_emb, text_emb = encode_pairs(encoder, split.pixels, split.pairs.captions, batch_size, progress)
+    return recall_metrics(image_emb, text_emb, split.pairs.caption_to_image)

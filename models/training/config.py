@@ -1,0 +1,65 @@
+"""Training configuration: one typed dataclass, read from TOML and overridden from the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    data: str = ""                       # Karpathy JSON, a folder holding one, or an image folder
+    model: str = "vsepp_resnet18_gru"    # registry name (models/configs/NAME.json)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    out_dir: str = "runs/default"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-4
+    weight_decay: float = 1e-4
+    lr_schedule: str = "cosine"          # cosine | step | constant
+    lr_step_epochs: list[int] = field(default_factory=list)  # for "step": multiply by 0.1 at these epochs
+    warmup_steps: int = 100              # linear learning-rate warm-up
+    grad_clip: float = 2.0
+    image_size: int | None = None        # overrides the model config's image_size
+    augment: bool = True                 # random crop (from a 1/8 larger image)
+    hflip: bool = True                   # off where captions say "left"/"right" (synthetic scenes)
+    min_word_count: int = 1
+    seed: int = 0
+    val_split: str = "val"
+    val_max_images: int | None = None
+    time_budget_minutes: float | None = None  # stop (and evaluate) when this much training time is spent
+    cache_dir: str | None = ".cache/imgsearch"
+    workers: int = 2
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"lr_schedule must be cosine, step or constant, not {self.lr_schedule!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2 (ranking needs negatives)")
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: training config not found")
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"{path}: invalid TOML ({error})") from error
+        return cls.from_dict(values, **overrides)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        merged = {**values, **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(**merged)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

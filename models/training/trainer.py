@@ -1,0 +1,225 @@
+"""The training loop shared by every encoder family.
+
+Each epoch pairs every training image with one of its captions (drawn at random), runs the
+family's `training_losses`, then evaluates Recall@K on the validation split, writes the
+per-epoch metrics (JSON + PNG), the resumable checkpoint and, when rsum improves, the best model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.data import DecodedSplit, decode_split, load_records, select_split
+from models.encoders import Encoder, create_encoder, load_encoder, needs_vocabulary
+from models.encoders.registry import get_encoder_config, merge_config
+from models.evaluation import RetrievalMetrics, evaluate_encoder
+from models.training.config import TrainConfig
+from models.training.plots import plot_history
+from models.vocab import Vocabulary
+
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_MODEL = "model_best.pt"
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path
+    best_metrics: RetrievalMetrics | None
+    history: list[dict]
+    wall_seconds: float
+    peak_memory_mb: float
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
+    """Train `config.model` on `config.data`; returns where the best model is and its metrics."""
+    started = time.perf_counter()
+    _seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = load_records(config.data)
+    state = _load_state(out_dir, resume)
+    encoder = load_encoder(out_dir / LAST_CHECKPOINT) if state else _new_encoder(config, records)
+    encoder.train()
+    train_split, val_split = _decode_splits(config, records, encoder.image_size, progress)
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
+    history: list[dict] = state["history"] if state else []
+    best_rsum = max((h["val"]["rsum"] for h in history), default=-1.0)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _restore_rng(state["rng"])
+    budget = config.time_budget_minutes * 60 if config.time_budget_minutes else None
+    spent = sum(h["train_seconds"] for h in history)
+    for epoch in range(len(history), config.epochs):
+        if budget is not None and spent >= budget:
+            break
+        stats = _train_one_epoch(encoder, optimizer, scheduler, train_split, config, epoch,
+                                 None if budget is None else budget - spent, progress)
+        spent += stats["train_seconds"]
+        metrics = evaluate_encoder(encoder, val_split)
+        history.append({"epoch": epoch + 1, **stats, "lr": scheduler.get_last_lr()[0],
+                        "val": metrics.as_dict(), "peak_memory_mb": _peak_memory_mb()})
+        if metrics.rsum > best_rsum:
+            best_rsum = metrics.rsum
+            encoder.save(out_dir / BEST_MODEL)
+        _save_state(out_dir, encoder, optimizer, scheduler, history, config)
+        _report_epoch(history[-1], progress)
+    best = max(history, key=lambda h: h["val"]["rsum"]) if history else None
+    best_metrics = RetrievalMetrics(**best["val"]) if best else None
+    return TrainResult(out_dir / BEST_MODEL, best_metrics, history, time.perf_counter() - started, _peak_memory_mb())
+
+
+def _new_encoder(config: TrainConfig, records) -> Encoder:
+    model_config = merge_config(get_encoder_config(config.model), config.model_overrides)
+    if config.image_size:
+        model_config["image_size"] = config.image_size
+    vocab = None
+    if needs_vocabulary(model_config):
+        captions = [c for r in select_split(records, "train") for c in r.captions]
+        if not captions:
+            raise ValueError(f"{config.data}: the train split has no captions to build a vocabulary from")
+        vocab = Vocabulary.build(captions, min_count=config.min_word_count)
+    return create_encoder(config.model, vocab=vocab, config=model_config)
+
+
+def _decode_splits(config: TrainConfig, records, image_size: int, progress: bool
+                   ) -> tuple[DecodedSplit, DecodedSplit]:
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    train_size = image_size + image_size // 8 if config.augment else image_size
+    train_split = decode_split(records, "train", train_size, cache, workers=config.workers, progress=progress)
+    val_records = select_split(records, config.val_split)[: config.val_max_images or None]
+    val_split = decode_split(val_records, config.val_split, image_size, cache, workers=config.workers,
+                             progress=progress)
+    for name, split in (("train", train_split), (config.val_split, val_split)):
+        if len(split.report):
+            print(f"[{name}] {split.report.summary()}")
+        if len(split) < 2:
+            raise ValueError(f"{config.data}: the {name} split has {len(split)} usable captioned images "
+                             "(need at least 2)")
+    return train_split, val_split
+
+
+def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
+    total = max(1, config.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.lr_schedule == "cosine":
+            return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        if config.lr_schedule == "step":
+            epoch = step // steps_per_epoch
+            return warm * 0.1 ** sum(epoch >= e for e in config.lr_step_epochs)
+        return warm
+
+    return factor
+
+
+def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit, config: TrainConfig,
+                     epoch: int, time_left: float | None, progress: bool) -> dict:
+    encoder.train()
+    order = torch.randperm(len(split))
+    batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    batches = [b for b in batches if len(b) >= 2]  # a batch of one has no negatives
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress)
+    started, seen, total_loss, terms = time.perf_counter(), 0, 0.0, {}
+    for batch in bar:
+        pixels = _augment(split.pixels[batch], encoder.image_size, config)
+        captions = [random.choice(split.records[i].captions) for i in batch.tolist()]
+        losses = encoder.training_losses(pixels, captions, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        seen += len(batch)
+        total_loss += float(losses["loss"].detach())
+        for name, value in losses.items():
+            terms[name] = terms.get(name, 0.0) + float(value.detach())
+        elapsed = time.perf_counter() - started
+        bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}", img_s=f"{seen / elapsed:.0f}")
+        if time_left is not None and elapsed >= time_left:
+            break
+    elapsed = time.perf_counter() - started
+    steps = max(1, bar.n)
+    return {"train_loss": total_loss / steps, "loss_terms": {k: v / steps for k, v in terms.items()},
+            "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9), "images_seen": seen}
+
+
+def _augment(pixels: torch.Tensor, size: int, config: TrainConfig) -> torch.Tensor:
+    """Random size x size crops (per image) and, if enabled, horizontal flips, on uint8 pixels."""
+    if pixels.shape[-1] == size:
+        return pixels
+    if not config.augment:
+        return torch.nn.functional.interpolate(pixels.float(), size=(size, size), mode="bilinear",
+                                               antialias=True).round().to(torch.uint8)
+    slack = pixels.shape[-1] - size
+    out = torch.empty(pixels.shape[0], 3, size, size, dtype=torch.uint8)
+    for i, image in enumerate(pixels):
+        top, left = random.randint(0, slack), random.randint(0, slack)
+        crop = image[:, top:top + size, left:left + size]
+        out[i] = crop.flip(-1) if config.hflip and random.random() < 0.5 else crop
+    return out
+
+
+def _save_state(out_dir: Path, encoder: Encoder, optimizer, scheduler, history: list[dict],
+                config: TrainConfig) -> None:
+    state = {"encoder": encoder.checkpoint_payload(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "history": history, "train_config": config.as_dict(),
+             "rng": _rng_state()}
+    temporary = out_dir / (LAST_CHECKPOINT + ".tmp")
+    torch.save(state, temporary)
+    temporary.replace(out_dir / LAST_CHECKPOINT)
+    (out_dir / "metrics.json").write_text(json.dumps({"config": config.as_dict(), "history": history}, indent=1))
+    plot_history(history, out_dir / "metrics.png")
+
+
+def _load_state(out_dir: Path, resume: bool) -> dict | None:
+    path = out_dir / LAST_CHECKPOINT
+    if not resume:
+        return None
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: no {LAST_CHECKPOINT} in {out_dir}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _report_epoch(entry: dict, progress: bool) -> None:
+    if not progress:
+        return
+    val = entry["val"]
+    print(f"epoch {entry['epoch']}: loss {entry['train_loss']:.4f}, {entry['images_per_second']:.0f} img/s, "
+          f"val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})", flush=True)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"python": list(random.getstate()[1]), "torch": torch.get_rng_state()}
+
+
+def _restore_rng(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    torch.set_rng_state(state["torch"])
+
+
+def _peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
