@@ -23,8 +23,8 @@ SHARED_FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
 
 SUITES = {
     "flickr8k": [
-        ("VSE0, GRU", "configs/flickr8k_vse_gru.toml"),
         ("VSE++, GRU", "configs/flickr8k_vsepp_gru.toml"),
+        ("VSE0, GRU", "configs/flickr8k_vse_gru.toml"),
         ("VSE0, MiniLM (frozen)", "configs/flickr8k_vse_minilm.toml"),
         ("VSE++, MiniLM (frozen)", "configs/flickr8k_vsepp_minilm.toml"),
     ],
@@ -45,7 +45,9 @@ def run_training(config: Path, data: Path, out_dir: Path, extra: list[str]) -> f
     return time.perf_counter() - started
 
 
-def summarise(label: str, config: Path, out_dir: Path, wall: float | None) -> dict:
+def summarise(label: str, config: Path, out_dir: Path) -> dict:
+    wall_file = out_dir / "wall_seconds.json"
+    wall = json.loads(wall_file.read_text())["wall_seconds"] if wall_file.is_file() else None
     history = json.loads((out_dir / "metrics.json").read_text())["history"]
     best = max(history, key=lambda h: h["val"]["rsum"])
     return {"run": label, "config": str(config.relative_to(ROOT)), "out_dir": str(out_dir),
@@ -81,7 +83,7 @@ def main() -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="flickr8k")
     parser.add_argument("--data", type=Path, help="dataset (default: ../shared/data/flickr8k or generated scenes)")
     parser.add_argument("--scenes", type=int, default=4000, help="synthetic suite: number of scenes")
-    parser.add_argument("--only", help="comma-separated run labels to (re)train")
+    parser.add_argument("--only", help="comma-separated config stems to (re)train, e.g. flickr8k_vse_gru")
     parser.add_argument("--reuse", action="store_true", help="train nothing; summarise finished runs")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/train_SUITE.json)")
     parser.add_argument("extra", nargs="*", help="options passed to every `imgsearch train` (after --)")
@@ -92,12 +94,12 @@ def main() -> None:
     rows = []
     for label, config in SUITES[args.suite]:
         out_dir = ROOT / "runs" / f"{args.suite}_{Path(config).stem}"
-        selected = args.only is None or label in args.only.split(",")
-        wall = None
+        selected = args.only is None or Path(config).stem in args.only.split(",")
         if selected and not args.reuse:
             wall = run_training(ROOT / config, Path(data), out_dir, args.extra)
+            (out_dir / "wall_seconds.json").write_text(json.dumps({"wall_seconds": wall}))
         if (out_dir / "metrics.json").is_file():
-            rows.append(summarise(label, ROOT / config, out_dir, wall))
+            rows.append(summarise(label, ROOT / config, out_dir))
     print_table(rows)
     out = args.out or ROOT / "bench" / "results" / f"train_{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

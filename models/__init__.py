@@ -4,8 +4,15 @@ Where data enters: `models.data`. Where it is encoded: `models.encoders` (`creat
 `load_encoder`, and every encoder's `encode_image` / `encode_text`).
 """
 
-from models.encoders import (CheckpointError, Encoder, PretrainedUnavailableError, create_encoder,
-                             l2_normalize, list_encoders, load_encoder)
+from models.encoders import (
+                             CheckpointError,
+                             Encoder,
+                             PretrainedUnavailableError,
+                             create_encoder,
+                             l2_normalize,
+                             list_encoders,
+                             load_encoder,
+)
 from models.evaluation import RetrievalMetrics, evaluate_encoder, recall_metrics
 from models.vocab import Vocabulary, tokenize
 
