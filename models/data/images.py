@@ -68,7 +68,9 @@ def open_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, draft_size:
             return image.convert("RGB")
     except BadImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadImageError(f"too large: a decompression bomb ({error})") from error
+    except UnidentifiedImageError as error:
         raise BadImageError(f"not a readable image ({type(error).__name__})") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImageError(f"corrupt or truncated image ({error})") from error
