@@ -62,13 +62,15 @@ def train_command(
     epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
     image_size: int | None = None, seed: int | None = None,
     time_budget_minutes: Annotated[float | None, typer.Option(help="stop after this much training")] = None,
+    device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu or cuda")] = None,
     resume: Annotated[bool, typer.Option(help="continue from out_dir's last checkpoint")] = False,
 ) -> None:
     """Train an encoder; checkpoints every epoch, keeps the best by validation rsum."""
     from models.training import TrainConfig, train
 
     overrides = {"data": data, "model": model, "out_dir": out_dir, "epochs": epochs, "batch_size": batch_size,
-                 "lr": lr, "image_size": image_size, "seed": seed, "time_budget_minutes": time_budget_minutes}
+                 "lr": lr, "image_size": image_size, "seed": seed, "time_budget_minutes": time_budget_minutes,
+                 "device": device}
     settings = TrainConfig.from_file(config, **overrides) if config else TrainConfig.from_dict({}, **overrides)
     if not settings.data:
         raise ValueError("no dataset: give --data or set data in the config")

@@ -34,6 +34,14 @@ class TrainConfig:
     cache_dir: str | None = ".cache/imgsearch"
     workers: int = 2
     threads: int | None = None
+    device: str = "auto"                 # auto (CUDA when present) | cpu | cuda | cuda:1 ...
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("cosine", "step", "constant"):

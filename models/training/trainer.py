@@ -50,8 +50,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records(config.data)
     state = _load_state(out_dir, resume)
+    device = config.resolved_device()
     encoder = load_encoder(out_dir / LAST_CHECKPOINT) if state else _new_encoder(config, records)
-    encoder.train()
+    encoder.to(device).train()
     train_split, val_split = _decode_splits(config, records, encoder.image_size, progress)
     optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -138,7 +139,7 @@ def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress)
     started, seen, total_loss, terms = time.perf_counter(), 0, 0.0, {}
     for batch in bar:
-        pixels = _augment(split.pixels[batch], encoder.image_size, config)
+        pixels = _augment(split.pixels[batch], encoder.image_size, config).to(encoder.device, non_blocking=True)
         captions = [random.choice(split.records[i].captions) for i in batch.tolist()]
         losses = encoder.training_losses(pixels, captions, epoch)
         optimizer.zero_grad(set_to_none=True)

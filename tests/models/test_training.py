@@ -1,0 +1,102 @@
+"""A tiny end-to-end run: train -> checkpoints, metrics JSON/PNG -> resume -> evaluate."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from models import load_encoder
+from models.data import decode_split, load_records
+from models.evaluation import evaluate_encoder
+from models.training import BEST_MODEL, LAST_CHECKPOINT, TrainConfig, train
+from tests.conftest import ROOT
+
+TINY_MODEL = {"embed_dim": 32, "text": {"word_dim": 16}}
+
+
+def _config(scenes, out_dir, **changes) -> TrainConfig:
+    values = {"data": str(scenes), "model": "vse_tiny_gru", "model_overrides": TINY_MODEL, "out_dir": str(out_dir),
+              "epochs": 2, "batch_size": 16, "lr": 1e-3, "image_size": 32, "hflip": False, "cache_dir": None,
+              "warmup_steps": 0, "workers": 1}
+    return TrainConfig.from_dict({**values, **changes})
+
+
+def test_train_writes_checkpoints_metrics_and_plot(scenes, tmp_path):
+    result = train(_config(scenes, tmp_path / "run"), progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert (tmp_path / "run" / BEST_MODEL).is_file() and (tmp_path / "run" / LAST_CHECKPOINT).is_file()
+    assert (tmp_path / "run" / "metrics.png").stat().st_size > 1000
+    logged = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert logged["config"]["model"] == "vse_tiny_gru" and len(logged["history"]) == 2
+    for entry in logged["history"]:
+        assert {"train_loss", "images_per_second", "lr", "train_seconds"} <= set(entry)
+        assert {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_medr", "rsum"} <= set(entry["val"])
+    assert result.best_metrics.rsum == max(h["val"]["rsum"] for h in result.history)
+    # The best checkpoint evaluates to exactly what training logged for its epoch.
+    encoder = load_encoder(result.best_checkpoint)
+    val = decode_split(load_records(scenes), "val", 32, progress=False)
+    assert evaluate_encoder(encoder, val).rsum == pytest.approx(result.best_metrics.rsum)
+
+
+def test_resume_continues_where_it_stopped(scenes, tmp_path):
+    out = tmp_path / "run"
+    train(_config(scenes, out, epochs=1), progress=False)
+    first = torch.load(out / LAST_CHECKPOINT, weights_only=True)
+    resumed = train(_config(scenes, out, epochs=2), resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[0] == first["history"][0]  # epoch 1 was not re-run
+    with pytest.raises(FileNotFoundError, match="--resume: no checkpoint_last.pt"):
+        train(_config(scenes, tmp_path / "empty"), resume=True, progress=False)
+
+
+def test_time_budget_stops_training(scenes, tmp_path):
+    result = train(_config(scenes, tmp_path / "run", epochs=50, time_budget_minutes=0.0001), progress=False)
+    assert len(result.history) == 1  # one (cut) epoch, evaluated, then the budget is spent
+
+
+def test_training_on_synthetic_scenes_beats_chance(tmp_path):
+    """A few epochs on 240 scenes must rank far better than chance (rsum of a random model ~ 6 * 100 * k / n)."""
+    from models.data import generate_scenes
+
+    data = generate_scenes(tmp_path / "scenes", 240, seed=5, image_size=32, max_objects=1, val_fraction=0.2,
+                           test_fraction=0.0)
+    result = train(_config(data, tmp_path / "run", epochs=6, lr=2e-3, model="vse_tiny_gru"), progress=False)
+    chance_rsum = 6 * 100 * (1 + 5 + 10) / 3 / 48  # about 67 for 48 val images
+    assert result.best_metrics.rsum > 2 * chance_rsum
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_train_then_evaluate(scenes, tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text('model = "vse_tiny_gru"\nepochs = 1\nbatch_size = 16\nimage_size = 32\nhflip = false\n'
+                      'model_overrides = { embed_dim = 32, text = { word_dim = 16 } }\n')
+    trained = _cli("train", "--config", str(config), "--data", str(scenes), "--out-dir", str(tmp_path / "run"))
+    assert trained.returncode == 0, trained.stderr
+    assert "rsum" in trained.stdout and "epoch 1/1" in trained.stderr  # progress bar on stderr
+    evaluated = _cli("evaluate", str(tmp_path / "run" / BEST_MODEL), "--data", str(scenes), "--split", "test",
+                     "--json", str(tmp_path / "m.json"), "--cache-dir", str(tmp_path / "cache"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())["metrics"]
+    assert metrics["n_images"] == 6 and metrics["n_captions"] == 30
+    assert "image->text" in evaluated.stdout and "text->image" in evaluated.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "/no/such/data"], "/no/such/data: dataset path not found"),
+    (["train", "--config", "/no/config.toml"], "/no/config.toml: training config not found"),
+    (["evaluate", "/no/model.pt", "--data", "x"], "/no/model.pt: checkpoint file not found"),
+    (["train", "--data", ".", "--model", "nope"], "unknown encoder 'nope'"),
+])
+def test_cli_errors_are_one_line_without_traceback(args, message):
+    done = _cli(*args)
+    assert done.returncode == 1
+    assert message in done.stderr and "Traceback" not in done.stderr
