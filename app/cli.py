@@ -14,14 +14,19 @@ cli = typer.Typer(help="Cross-modal image-text search: data, training, evaluatio
 data_cli = typer.Typer(help="Datasets: generate the synthetic scenes.", no_args_is_help=True)
 cli.add_typer(data_cli, name="data")
 
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError)
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean "your input or environment is wrong": one line, no traceback. Anything
+    else (a genuine bug) keeps its traceback."""
+    from models.encoders import CheckpointError, PretrainedUnavailableError
+
+    return (ValueError, OSError, CheckpointError, PretrainedUnavailableError, FloatingPointError)
 
 
 def main() -> None:
     """Entry point: user mistakes print one line and exit 1, with no traceback."""
     try:
         cli()
-    except USER_ERRORS as error:
+    except _user_errors() as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -72,7 +77,7 @@ def train_command(
                  "lr": lr, "image_size": image_size, "seed": seed, "time_budget_minutes": time_budget_minutes,
                  "device": device}
     settings = TrainConfig.from_file(config, **overrides) if config else TrainConfig.from_dict({}, **overrides)
-    if not settings.data:
+    if not settings.data and not resume:
         raise ValueError("no dataset: give --data or set data in the config")
     result = train(settings, resume=resume)
     if result.best_metrics is not None:
@@ -87,15 +92,16 @@ def evaluate(
     data: Annotated[str, typer.Option(help="dataset: Karpathy JSON, its folder, or an image folder")],
     split: Annotated[str, typer.Option(help="val or test")] = "val",
     max_images: Annotated[int | None, typer.Option(help="evaluate on the first N images only")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="metrics file [CHECKPOINT.SPLIT.json]")] = None,
     cache_dir: Path = Path(".cache/imgsearch"),
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
-    """Recall@1/5/10, median and mean rank both ways, and rsum, on one split."""
+    """Recall@1/5/10, median and mean rank both ways, and rsum, on one split; prints and writes JSON."""
     from models.data import decode_split, load_records, select_split
     from models.encoders import load_encoder
     from models.evaluation import evaluate_encoder
 
-    encoder = load_encoder(checkpoint)
+    encoder = load_encoder(checkpoint, device)
     records = select_split(load_records(data), split)[: max_images or None]
     decoded = decode_split(records, split, encoder.image_size, cache_dir)
     if len(decoded.report):
@@ -104,16 +110,23 @@ def evaluate(
         raise ValueError(f"{data}: no usable captioned images in split {split!r}")
     metrics = evaluate_encoder(encoder, decoded, progress=True)
     typer.echo(f"{encoder.name} on {data} [{split}]\n{metrics.table()}")
-    if json_out:
-        json_out.write_text(json.dumps({"checkpoint": str(checkpoint), "data": data, "split": split,
-                                        "metrics": metrics.as_dict()}, indent=1))
+    json_out = json_out or checkpoint.with_suffix(f".{split}.json")
+    json_out.write_text(json.dumps({"checkpoint": str(checkpoint), "data": data, "split": split,
+                                    "metrics": metrics.as_dict(), "skipped": decoded.report.skipped}, indent=1))
+    typer.echo(f"wrote {json_out}")
+
+
+# The demo's model: VSE++ (hardest negatives after a sum-of-hinges warm-up) small enough for 2 cores.
+DEMO_TRAINING = {"model": "vsepp_resnet18_gru", "batch_size": 128, "lr": 5e-4, "hflip": False,
+                 "model_overrides": {"embed_dim": 256, "text": {"word_dim": 128},
+                                     "loss": {"warmup_epochs": 2, "anneal_epochs": 2}}}
 
 
 @cli.command()
 def demo(
     out: Annotated[Path, typer.Option(help="working folder for the demo")] = Path("demo"),
-    count: Annotated[int, typer.Option(help="number of synthetic scenes")] = 1500,
-    epochs: int = 6,
+    count: Annotated[int, typer.Option(help="number of synthetic scenes")] = 3000,
+    epochs: int = 10,
 ) -> None:
     """Offline demo: generate a synthetic gallery, train a small VSE++ on it, evaluate it."""
     from models.data import generate_scenes
@@ -122,8 +135,7 @@ def demo(
     typer.echo(f"[1/2] generating {count} synthetic scenes in {out / 'scenes'}")
     dataset = generate_scenes(out / "scenes", count, seed=0, image_size=64)
     typer.echo("[2/2] training a small VSE++ (ResNet-18 at 64 px + GRU)")
-    config = TrainConfig.from_file(Path(__file__).resolve().parent.parent / "configs" / "synthetic_vsepp.toml",
-                                   data=str(dataset), out_dir=str(out / "run"), epochs=epochs)
+    config = TrainConfig.from_dict(DEMO_TRAINING, data=str(dataset), out_dir=str(out / "run"), epochs=epochs)
     result = train(config)
     typer.echo(result.best_metrics.table() if result.best_metrics else "no epoch finished")
     typer.echo(f"model: {result.best_checkpoint}; metrics plot: {out / 'run' / 'metrics.png'}")

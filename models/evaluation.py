@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from models.data import DecodedSplit
+from models.encoders.base import Encoder
+
 KS = (1, 5, 10)
 
 
@@ -66,6 +69,7 @@ def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_to_
 
 
 def _image_to_text_ranks(scores: torch.Tensor, owners: torch.Tensor, first_image: int) -> np.ndarray:
+    scores = _nan_loses(scores)
     rows = torch.arange(scores.shape[0]) + first_image
     own = owners.view(1, -1) == rows.view(-1, 1)
     best_own = scores.masked_fill(~own, float("-inf")).max(dim=1).values
@@ -73,10 +77,32 @@ def _image_to_text_ranks(scores: torch.Tensor, owners: torch.Tensor, first_image
     return (beaten_by + 1).numpy()
 
 
+def _nan_loses(scores: torch.Tensor) -> torch.Tensor:
+    """NaN scores (a diverged model) become -inf: a NaN positive is then ranked last, never first."""
+    return torch.nan_to_num(scores, nan=float("-inf"))
+
+
 def _text_to_image_ranks(scores: torch.Tensor, owners: torch.Tensor) -> np.ndarray:
+    scores = _nan_loses(scores)
     positive = scores.gather(1, owners.view(-1, 1))
     beaten_by = (scores >= positive).sum(dim=1) - 1  # minus the positive itself
     return (beaten_by + 1).numpy()
+
+
+def _check_owners(n_images: int, n_captions: int, caption_to_image: Sequence[int]) -> np.ndarray:
+    owners = np.asarray(caption_to_image, dtype=np.int64)
+    if n_images == 0 or n_captions == 0:
+        raise ValueError(f"cannot evaluate {n_images} images against {n_captions} captions")
+    if len(owners) != n_captions:
+        raise ValueError(f"{len(owners)} caption owners for {n_captions} captions")
+    if owners.min() < 0 or owners.max() >= n_images:
+        raise ValueError(f"caption owners must index the {n_images} images (got {owners.min()}..{owners.max()})")
+    return owners
+
+
+def _captioned(i2t: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """Image->text ranks of images that own at least one caption (others have nothing to find)."""
+    return i2t[np.bincount(owners, minlength=len(i2t)) > 0]
 
 
 def metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray) -> RetrievalMetrics:
@@ -92,23 +118,24 @@ def metrics_from_ranks(i2t: np.ndarray, t2i: np.ndarray) -> RetrievalMetrics:
 def recall_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, caption_to_image: Sequence[int]
                    ) -> RetrievalMetrics:
     """R@1/5/10, median and mean rank both ways, and rsum, for L2-normalised embeddings."""
-    if len(caption_to_image) != text_emb.shape[0]:
-        raise ValueError(f"{len(caption_to_image)} caption owners for {text_emb.shape[0]} captions")
-    return metrics_from_ranks(*retrieval_ranks(image_emb, text_emb, caption_to_image))
+    owners = _check_owners(image_emb.shape[0], text_emb.shape[0], caption_to_image)
+    i2t, t2i = retrieval_ranks(image_emb, text_emb, owners)
+    return metrics_from_ranks(_captioned(i2t, owners), t2i)
 
 
 def metrics_from_similarity(similarity: np.ndarray | torch.Tensor, caption_to_image: Sequence[int]
                             ) -> RetrievalMetrics:
     """Metrics from a precomputed (images x captions) similarity matrix."""
     similarity = torch.as_tensor(np.asarray(similarity), dtype=torch.float32)
-    owners = torch.as_tensor(np.asarray(caption_to_image), dtype=torch.long)
-    i2t = _image_to_text_ranks(similarity, owners, 0)
-    t2i = _text_to_image_ranks(similarity.t().contiguous(), owners)
-    return metrics_from_ranks(i2t, t2i)
+    owners = _check_owners(similarity.shape[0], similarity.shape[1], caption_to_image)
+    owners_t = torch.as_tensor(owners)
+    i2t = _image_to_text_ranks(similarity, owners_t, 0)
+    t2i = _text_to_image_ranks(similarity.t().contiguous(), owners_t)
+    return metrics_from_ranks(_captioned(i2t, owners), t2i)
 
 
 @torch.no_grad()
-def encode_pairs(encoder, pixels: torch.Tensor, captions: Sequence[str], batch_size: int = 256,
+def encode_pairs(encoder: Encoder, pixels: torch.Tensor, captions: Sequence[str], batch_size: int = 256,
                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised embeddings of every image (uint8 tensor) and caption, in batches."""
     was_training = encoder.training
@@ -119,10 +146,13 @@ def encode_pairs(encoder, pixels: torch.Tensor, captions: Sequence[str], batch_s
     for start in tqdm(range(0, len(captions), batch_size), desc="encode captions", disable=not progress):
         text_parts.append(encoder.encode_text(list(captions[start:start + batch_size])).cpu())
     encoder.train(was_training)
+    if not image_parts or not text_parts:
+        raise ValueError(f"nothing to evaluate: {len(pixels)} images, {len(captions)} captions")
     return torch.cat(image_parts), torch.cat(text_parts)
 
 
-def evaluate_encoder(encoder, split, batch_size: int = 256, progress: bool = False) -> RetrievalMetrics:
+def evaluate_encoder(encoder: Encoder, split: DecodedSplit, batch_size: int = 256,
+                     progress: bool = False) -> RetrievalMetrics:
     """Encode a `DecodedSplit` and score it."""
     image_emb, text_emb = encode_pairs(encoder, split.pixels, split.pairs.captions, batch_size, progress)
     return recall_metrics(image_emb, text_emb, split.pairs.caption_to_image)

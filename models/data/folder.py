@@ -9,6 +9,7 @@ Captions are optional and come from, in order of preference: a `captions.csv`
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -23,9 +24,18 @@ def list_image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def stable_split(image_id: str, val_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
+    """A split from a hash of the id: the same image always lands in the same split, and adding
+    images never moves old ones (so a folder can be trained and evaluated on)."""
+    bucket = int(hashlib.sha1(image_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return "val" if bucket < val_fraction else "test" if bucket < val_fraction + test_fraction else "train"
+
+
 def load_image_folder(folder: str | Path, captions_file: str | Path | None = None,
-                      split: str = "train") -> list[ImageRecord]:
-    """Records for every image under `folder`; the id is the path relative to the folder."""
+                      split: str | None = None) -> list[ImageRecord]:
+    """Records for every image under `folder`; the id is the path relative to the folder.
+
+    Splits come from `stable_split` (about 90/5/5) unless `split` puts every image in one."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: image folder not found")
@@ -34,7 +44,7 @@ def load_image_folder(folder: str | Path, captions_file: str | Path | None = Non
     for path in list_image_files(folder):
         relative = path.relative_to(folder).as_posix()
         captions = table.get(relative) or table.get(path.name) or _read_sidecar(path)
-        records.append(ImageRecord(relative, path, tuple(captions), split))
+        records.append(ImageRecord(relative, path, tuple(captions), split or stable_split(relative)))
     return records
 
 

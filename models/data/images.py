@@ -63,9 +63,12 @@ def open_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, draft_size:
             if image.width * image.height > max_pixels:
                 raise BadImageError(f"too large ({image.width}x{image.height} pixels, "
                                     f"limit {max_pixels})")
+            original_size = image.size
             if draft_size and image.format == "JPEG":
                 image.draft("RGB", (draft_size, draft_size))  # JPEG decodes at reduced scale: faster
-            return image.convert("RGB")
+            rgb = image.convert("RGB")
+            rgb.info["original_size"] = original_size
+            return rgb
     except BadImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -76,8 +79,16 @@ def open_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, draft_size:
         raise BadImageError(f"corrupt or truncated image ({error})") from error
 
 
+def load_for_encoding(path: str | Path, size: int, max_pixels: int = MAX_IMAGE_PIXELS
+                      ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode an image straight to 3 x size x size uint8; also returns its original (width, height)."""
+    image = open_image(path, max_pixels, draft_size=size)
+    return image_to_uint8(image, size), image.info["original_size"]
+
+
 def image_to_uint8(image: Image.Image, size: int) -> np.ndarray:
-    """Squash-resize to size x size (the galleries here are already square) as 3 x S x S uint8."""
+    """Resize to size x size, squashing the aspect ratio (as the papers' fixed-size inputs do; nothing is
+    cropped away, so every object stays in view), as 3 x S x S uint8."""
     resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1).copy()
 

@@ -14,7 +14,7 @@ from models.data.records import SPLITS, DatasetError, ImageRecord
 # Names the JSON usually has, tried in order when a dataset folder is given.
 JSON_NAMES = ("dataset.json", "captions.json", "dataset_flickr8k.json", "dataset_flickr30k.json",
               "dataset_coco.json")
-IMAGE_DIR_NAMES = ("images", "Images", "Flicker8k_Dataset", "flickr30k-images", "")
+IMAGE_DIR_NAMES = ("images", "Images", "Flicker8k_Dataset", "flickr30k-images")
 
 
 def find_karpathy_json(folder: Path) -> Path | None:
@@ -46,9 +46,9 @@ def load_karpathy(json_path: str | Path, image_root: str | Path | None = None) -
 
 def _guess_image_root(folder: Path) -> Path:
     for name in IMAGE_DIR_NAMES:
-        if (folder / name).is_dir() and name:
+        if (folder / name).is_dir():
             return folder / name
-    return folder
+    return folder  # images beside the JSON
 
 
 def _parse_entry(entry: object, index: int, root: Path, json_path: Path) -> ImageRecord:

@@ -143,7 +143,7 @@ def _polygon(shape: str, cx: float, cy: float, r: float, turn: float) -> list[tu
 
 
 def describe(scene: Scene, rng: random.Random, count: int = 5) -> list[str]:
-    """`count` differently worded captions of the scene (templates chosen without repeats)."""
+    """`count` captions in different wordings (templates repeat only when there are fewer than `count`)."""
     templates = _templates(scene)
     rng.shuffle(templates)
     return [templates[i % len(templates)] for i in range(count)]

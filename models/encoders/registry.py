@@ -45,7 +45,10 @@ def get_encoder_config(name: str) -> dict[str, Any]:
     path = CONFIG_DIR / f"{name}.json"
     if not path.is_file():
         raise ValueError(f"unknown encoder {name!r}; known: {', '.join(list_encoders())}")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: invalid JSON ({error})") from error
 
 
 def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -90,12 +93,14 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     families = _families()
     if payload["family"] not in families:
         raise CheckpointError(f"{path}: encoder family {payload['family']!r} is not installed")
-    vocab = Vocabulary(payload["vocab"]) if payload.get("vocab") else None
-    config = payload["config"]
-    if config.get("family") == "openclip" or "image" in config:
-        config = _without_pretrained(config)  # the checkpoint already holds the weights
-    encoder = families[payload["family"]](payload["name"], config, vocab=vocab, extra=payload.get("extra"))
-    encoder.load_state_dict(payload["state_dict"])
+    try:
+        vocab = Vocabulary(payload["vocab"]) if payload.get("vocab") else None
+        config = _without_pretrained(payload["config"])  # the checkpoint already holds the weights
+        encoder = families[payload["family"]](payload["name"], config, vocab=vocab, extra=payload.get("extra"))
+        encoder.load_state_dict(payload["state_dict"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: checkpoint does not match its encoder ({type(error).__name__}: "
+                              f"{str(error)[:300]})") from error
     encoder.config = payload["config"]
     return encoder.to(device).eval()
 

@@ -36,6 +36,9 @@ class RNNTextTower(nn.Module):
         self.project = nn.Identity() if hidden_dim == out_dim else nn.Linear(hidden_dim, out_dim)
 
     def forward(self, texts: list[str]) -> torch.Tensor:
+        if not texts:
+            out_dim = self.project.out_features if isinstance(self.project, nn.Linear) else self.rnn.hidden_size
+            return self.embed.weight.new_zeros((0, out_dim))
         tokens, lengths = self.vocab.batch(texts, self.max_length)
         return self.forward_tokens(tokens.to(self.embed.weight.device), lengths)
 
@@ -90,6 +93,8 @@ class SentenceTransformerTower(nn.Module):
         self.pooling = self._pooling_mode(self.files)
         self.freeze, self.max_length, self.cache_size = freeze, max_length, cache_size
         self.transformer.requires_grad_(not freeze)
+        if freeze:
+            self.transformer.eval()
         width = self.transformer.config.hidden_size
         self.head = nn.Sequential(nn.Linear(width, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
         self._cache: dict[str, torch.Tensor] = {}
@@ -128,17 +133,26 @@ class SentenceTransformerTower(nn.Module):
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
 
+    def train(self, mode: bool = True) -> SentenceTransformerTower:
+        super().train(mode)
+        if self.freeze:
+            self.transformer.eval()  # frozen means deterministic too: no dropout, so features can be memoised
+        return self
+
     def forward(self, texts: list[str]) -> torch.Tensor:
+        if not texts:
+            return self.head[-1].weight.new_zeros((0, self.head[-1].out_features))
         if not self.freeze:
             return self.head(self.sentence_features(texts))
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if missing:
             with torch.no_grad():
-                features = self.sentence_features(missing).detach()
+                features = self.sentence_features(missing).detach().cpu()
             if len(self._cache) + len(missing) > self.cache_size:
                 self._cache.clear()
             self._cache.update(zip(missing, features, strict=True))
-        return self.head(torch.stack([self._cache[t] for t in texts]))
+        device = self.head[0].weight.device
+        return self.head(torch.stack([self._cache[t] for t in texts]).to(device))
 
     def unknown_words(self, text: str) -> list[str]:
         # Word pieces cover every word; only text that tokenises to [UNK] is unknown.

@@ -44,10 +44,21 @@ class TrainConfig:
         return self.device
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.lr_schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"lr_schedule must be cosine, step or constant, not {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (ranking needs negatives)")
+
+    def _check_types(self) -> None:
+        """TOML values of the wrong type (epochs = "3") fail here, naming the option."""
+        for option in dataclasses.fields(self):
+            value, default = getattr(self, option.name), option.default
+            if value is None or default is dataclasses.MISSING or default is None:
+                continue
+            expected = (int, float) if isinstance(default, float) else type(default)
+            if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+                raise ValueError(f"training option {option.name} = {value!r}: expected {type(default).__name__}")
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:

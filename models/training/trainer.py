@@ -40,16 +40,23 @@ class TrainResult:
     peak_memory_mb: float
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train `config.model` on `config.data`; returns where the best model is and its metrics."""
+def train(config: TrainConfig, resume: bool = False, progress: bool = True,
+          stop_after_epochs: int | None = None) -> TrainResult:
+    """Train `config.model` on `config.data`; returns where the best model is and its metrics.
+
+    With `resume`, training continues from `config.out_dir`'s last checkpoint under the config saved
+    there (only `epochs` may grow), so the schedule and data stay those the run started with.
+    `stop_after_epochs` ends this call early, as an interruption would (resume continues it)."""
     started = time.perf_counter()
+    out_dir = Path(config.out_dir)
+    state = _load_state(out_dir, resume)
+    if state:
+        config = TrainConfig.from_dict(state["train_config"], epochs=max(config.epochs, len(state["history"])))
     _seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = load_records(config.data)
-    state = _load_state(out_dir, resume)
     device = config.resolved_device()
     encoder = load_encoder(out_dir / LAST_CHECKPOINT) if state else _new_encoder(config, records)
     encoder.to(device).train()
@@ -66,7 +73,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> T
         _restore_rng(state["rng"])
     budget = config.time_budget_minutes * 60 if config.time_budget_minutes else None
     spent = sum(h["train_seconds"] for h in history)
-    for epoch in range(len(history), config.epochs):
+    last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs,
+                                                                      len(history) + stop_after_epochs)
+    for epoch in range(len(history), last_epoch):
         if budget is not None and spent >= budget:
             break
         stats = _train_one_epoch(encoder, optimizer, scheduler, train_split, config, epoch,
@@ -137,11 +146,14 @@ def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit
     batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     batches = [b for b in batches if len(b) >= 2]  # a batch of one has no negatives
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress)
-    started, seen, total_loss, terms = time.perf_counter(), 0, 0.0, {}
+    started, seen, steps, total_loss, terms = time.perf_counter(), 0, 0, 0.0, {}
     for batch in bar:
         pixels = _augment(split.pixels[batch], encoder.image_size, config).to(encoder.device, non_blocking=True)
         captions = [random.choice(split.records[i].captions) for i in batch.tolist()]
         losses = encoder.training_losses(pixels, captions, epoch)
+        if not torch.isfinite(losses["loss"]):
+            raise FloatingPointError(f"epoch {epoch + 1}, step {steps + 1}: the loss is {float(losses['loss'])}; "
+                                     "lower the learning rate (the last good checkpoint is kept)")
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if config.grad_clip:
@@ -149,6 +161,7 @@ def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit
         optimizer.step()
         scheduler.step()
         seen += len(batch)
+        steps += 1
         total_loss += float(losses["loss"].detach())
         for name, value in losses.items():
             terms[name] = terms.get(name, 0.0) + float(value.detach())
@@ -156,8 +169,9 @@ def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit
         bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}", img_s=f"{seen / elapsed:.0f}")
         if time_left is not None and elapsed >= time_left:
             break
+    bar.close()
     elapsed = time.perf_counter() - started
-    steps = max(1, bar.n)
+    steps = max(1, steps)
     return {"train_loss": total_loss / steps, "loss_terms": {k: v / steps for k, v in terms.items()},
             "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9), "images_seen": seen}
 
@@ -214,12 +228,19 @@ def _seed_everything(seed: int) -> None:
 
 
 def _rng_state() -> dict:
-    return {"python": list(random.getstate()[1]), "torch": torch.get_rng_state()}
+    state = {"python": list(random.getstate()[1]), "torch": torch.get_rng_state(),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _restore_rng(state: dict) -> None:
     random.setstate((3, tuple(state["python"]), None))
     torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 624, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _peak_memory_mb() -> float:

@@ -73,6 +73,30 @@ def test_chunked_embedding_ranks_equal_full_matrix():
     assert recall_metrics(images, texts, owners) == metrics_from_similarity((images @ texts.T).numpy(), owners)
 
 
-def test_mismatched_owner_count_is_an_error():
+def test_bad_shapes_are_errors():
     with pytest.raises(ValueError, match="3 caption owners for 2 captions"):
         recall_metrics(torch.ones(2, 4), torch.ones(2, 4), [0, 1, 1])
+    with pytest.raises(ValueError, match="caption owners must index the 2 images"):
+        metrics_from_similarity(np.ones((2, 2)), [0, 5])
+    with pytest.raises(ValueError, match="cannot evaluate 0 images"):
+        metrics_from_similarity(np.ones((0, 2)), [0, 0])
+
+
+def test_nan_scores_rank_last_not_first():
+    sims = np.full((12, 12), np.nan)  # a diverged model
+    m = metrics_from_similarity(sims, list(range(12)))
+    assert m.rsum == 0 and m.i2t_meanr == 12 and m.t2i_meanr == 12
+
+
+def test_images_without_captions_are_left_out_of_image_to_text():
+    # image 2 owns no caption: it cannot be scored image->text, and must not count as a miss.
+    sims = np.array([[0.9, 0.1], [0.1, 0.9], [0.5, 0.5]])
+    m = metrics_from_similarity(sims, [0, 1])
+    assert m.i2t_r1 == 100 and m.t2i_r1 == 100
+
+
+def test_median_rank_with_an_even_count_is_floored():
+    # t2i ranks 1 and 2 -> median 1.5, reported as 1 (vsepp's floor(median) convention)
+    sims = np.array([[0.9, 0.95], [0.1, 0.9]])
+    m = metrics_from_similarity(sims, [0, 1])
+    assert m.t2i_meanr == 1.5 and m.t2i_medr == 1

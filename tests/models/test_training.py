@@ -42,15 +42,50 @@ def test_train_writes_checkpoints_metrics_and_plot(scenes, tmp_path):
     assert evaluate_encoder(encoder, val).rsum == pytest.approx(result.best_metrics.rsum)
 
 
-def test_resume_continues_where_it_stopped(scenes, tmp_path):
+def test_resume_continues_exactly_where_it_stopped(scenes, tmp_path):
+    straight = train(_config(scenes, tmp_path / "straight", epochs=2), progress=False)
     out = tmp_path / "run"
-    train(_config(scenes, out, epochs=1), progress=False)
+    train(_config(scenes, out, epochs=2), progress=False, stop_after_epochs=1)  # "interrupted" after epoch 1
     first = torch.load(out / LAST_CHECKPOINT, weights_only=True)
     resumed = train(_config(scenes, out, epochs=2), resume=True, progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert resumed.history[0] == first["history"][0]  # epoch 1 was not re-run
+    # Optimizer, schedule and random state were restored: epoch 2 is the uninterrupted run's epoch 2.
+    assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"], rel=1e-5)
+    assert resumed.history[1]["val"] == pytest.approx(straight.history[1]["val"], rel=1e-5)
     with pytest.raises(FileNotFoundError, match="--resume: no checkpoint_last.pt"):
         train(_config(scenes, tmp_path / "empty"), resume=True, progress=False)
+
+
+def test_logged_loss_is_the_mean_over_batches(scenes, tmp_path):
+    result = train(_config(scenes, tmp_path / "run", epochs=1), progress=False)
+    # 42 training images in batches of 16 -> 3 steps; a sum-of-hinges batch loss is at most
+    # 2 * B * (B - 1) * (margin + 2) with cosine scores in [-1, 1].
+    assert 0 < result.history[0]["train_loss"] <= 2 * 16 * 15 * 2.2
+
+
+def test_vsepp_schedule_trains_end_to_end(scenes, tmp_path):
+    overrides = {**TINY_MODEL, "loss": {"kind": "max_hinge", "warmup_epochs": 1, "anneal_epochs": 0}}
+    result = train(_config(scenes, tmp_path / "run", model_overrides=overrides), progress=False)
+    assert len(result.history) == 2 and all(h["train_loss"] > 0 for h in result.history)
+    # epoch 2 used the max of hinges: per batch at most 2 * B * (margin + 2)
+    assert result.history[1]["train_loss"] <= 2 * 16 * 2.2
+
+
+def test_train_and_evaluate_a_plain_captioned_folder(tmp_path):
+    from models.data import generate_scenes
+    from models.data.records import SPLITS
+
+    source = load_records(generate_scenes(tmp_path / "scenes", 120, seed=2, image_size=32))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for record in source:  # re-shape as a user's folder: image + sidecar captions
+        (folder / record.path.name).write_bytes(record.path.read_bytes())
+        (folder / record.path.with_suffix(".txt").name).write_text("\n".join(record.captions))
+    records = load_records(folder)
+    assert {r.split for r in records} <= set(SPLITS) and any(r.split == "val" for r in records)
+    result = train(_config(folder, tmp_path / "run", epochs=1), progress=False)
+    assert result.best_metrics.n_images == sum(r.split == "val" for r in records)
 
 
 def test_time_budget_stops_training(scenes, tmp_path):
@@ -95,6 +130,7 @@ def test_cli_train_then_evaluate(scenes, tmp_path):
     (["train", "--config", "/no/config.toml"], "/no/config.toml: training config not found"),
     (["evaluate", "/no/model.pt", "--data", "x"], "/no/model.pt: checkpoint file not found"),
     (["train", "--data", ".", "--model", "nope"], "unknown encoder 'nope'"),
+    (["train", "--data", ".", "--epochs", "0"], "epochs must be >= 1"),
 ])
 def test_cli_errors_are_one_line_without_traceback(args, message):
     done = _cli(*args)

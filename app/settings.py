@@ -1,0 +1,35 @@
+"""All settings in one place, read from the environment (or a .env file)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    database_url: str = Field("sqlite:///data/imgsearch.db", description="SQLAlchemy URL of the catalogue")
+    index_dir: Path = Field(Path("data/indexes"), description="where versioned index directories live")
+    default_index: str = Field("default", description="index (and so encoder) served when a query names none")
+    device: str = Field("cpu", description="torch device for encoders: cpu, cuda, cuda:1 ...")
+    admin_token: str | None = Field(None, description="bearer token for admin endpoints; unset disables them")
+    max_upload_bytes: int = Field(10 * 2**20, description="largest accepted image upload")
+    max_query_chars: int = Field(500, description="longest accepted text query")
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_url(cls, value: str) -> str:
+        # Heroku-style URLs and plain psycopg2 ones both become SQLAlchemy's psycopg (v3) dialect.
+        for prefix in ("postgres://", "postgresql://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value.removeprefix(prefix)
+        return value
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,346 @@
+"""Build or update one named index: scan the gallery, encode what changed, build the faiss
+indexes into a new version directory, record it in the catalogue, then switch it in.
+
+Nothing the serving app reads changes until the end: the catalogue rows are written in one
+transaction committed just before CURRENT is replaced, so an interrupted build (crash, Ctrl-C)
+leaves the previous version serving and its temporary directory is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from indexer import faiss_index, store
+from indexer.catalogue import CaptionRow, ImageRow, IndexEntry, IndexVersion, utc_now
+from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, scan_changes
+from indexer.pipeline import encode_image_files, encode_texts
+from models.data import DatasetError, SkipReport, load_records
+from models.encoders import Encoder, create_encoder, get_encoder_config, load_encoder
+
+
+@dataclass
+class BuildOptions:
+    index_type: str = "auto"           # auto | flat | hnsw | ivfpq
+    memory_budget: int | None = None   # bytes; None = no limit
+    recall_target: float = 0.95
+    batch_size: int = 64
+    workers: int = 2
+    device: str = "cpu"
+    progress: bool = True
+    keep_versions: int = 2
+
+
+@dataclass
+class BuildReport:
+    name: str
+    status: str                        # built | up-to-date
+    version: int | None
+    image_count: int = 0
+    caption_count: int = 0
+    encoded_images: int = 0
+    reused_images: int = 0
+    removed_images: int = 0
+    changes: str = ""
+    image_index: dict = field(default_factory=dict)
+    caption_index: dict = field(default_factory=dict)
+    skipped: SkipReport = field(default_factory=SkipReport)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+
+    def summary(self) -> str:
+        if self.status == "up-to-date":
+            return f"{self.name}: up to date at version {self.version} ({self.changes}); nothing encoded"
+        lines = [f"{self.name}: version {self.version} is now current ({self.changes})",
+                 f"  {self.image_count} images ({self.encoded_images} encoded at {self.images_per_second:.0f} img/s, "
+                 f"{self.reused_images} reused, {self.removed_images} removed), {self.caption_count} captions",
+                 f"  image index {self.image_index.get('factory')} (recall@10 {self.image_index.get('recall', 1):.3f}),"
+                 f" caption index {self.caption_index.get('factory')}; {self.seconds:.1f} s"]
+        if len(self.skipped):
+            lines.append("  " + self.skipped.summary().replace("\n", "\n  "))
+        return "\n".join(lines)
+
+
+def resolve_encoder(spec: str, device: str = "cpu") -> tuple[Encoder, str, str]:
+    """A checkpoint path, or the registry name of a pretrained encoder -> (encoder, where, hash)."""
+    path = Path(spec)
+    if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
+        encoder = load_encoder(path, device)
+        return encoder, str(path.resolve()), _sha256_file(path)
+    config = get_encoder_config(spec)
+    if not (config.get("family") == "openclip" and config.get("pretrained")):
+        raise ValueError(f"encoder {spec!r} is an untrained architecture: train it (imgsearch train) and pass "
+                         "the checkpoint file, or name a pretrained open_clip config")
+    encoder = create_encoder(spec).to(device).eval()
+    return encoder, spec, hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    from indexer.gallery import file_sha256
+
+    return file_sha256(path)
+
+
+@contextmanager
+def build_lock(index_dir: Path, name: str):
+    """One build per index name at a time (a second one fails at once instead of corrupting)."""
+    root = store.index_root(index_dir, name)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".build.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise RuntimeError(f"another build of index {name!r} is running") from error
+        yield
+
+
+def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
+                sessions: sessionmaker[Session], full: bool = False,
+                options: BuildOptions | None = None) -> BuildReport:
+    """Build (or incrementally update) index `name` from `gallery` with `encoder_spec`."""
+    options = options or BuildOptions()
+    started = time.perf_counter()
+    gallery_path = Path(gallery)
+    if not gallery_path.exists():
+        raise DatasetError(f"{gallery}: gallery path not found")
+    records = load_records(gallery_path)
+    gallery_key = str(gallery_path.resolve())
+    encoder, encoder_path, checkpoint_hash = resolve_encoder(encoder_spec, options.device)
+    with build_lock(index_dir, name):
+        reconcile(index_dir, name, sessions)
+        previous = store.current_version(index_dir, name)
+        if previous is not None and previous.manifest["checkpoint_hash"] != checkpoint_hash and not full:
+            print(f"{name}: the encoder differs from version {previous.version}'s: re-encoding everything")
+            full = True
+        known = _known_images(sessions, previous)
+        changes = scan_changes(records, known, full=full)
+        if previous is not None and changes.nothing_to_do and not full:
+            return BuildReport(name, "up-to-date", previous.version, changes=changes.summary(),
+                               skipped=changes.missing, seconds=time.perf_counter() - started)
+        version = _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash)
+        temporary = store.start_build(index_dir, name)
+        try:
+            report = _build_version(sessions, version, temporary, changes, previous, encoder, gallery_key,
+                                    index_dir, name, options)
+        except BaseException as error:  # Ctrl-C included: clean up, record, re-raise
+            store.abandon_build(temporary)
+            _mark_failed(sessions, version, f"{type(error).__name__}: {error}")
+            raise
+        store.remove_old_versions(index_dir, name, keep=options.keep_versions)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _known_images(sessions: sessionmaker[Session], previous: store.StoredVersion | None) -> dict[str, KnownImage]:
+    """The images the current version holds, as the catalogue remembers them (keyed by gallery path)."""
+    if previous is None:
+        return {}
+    ids = [int(i) for i in previous.ids("image")]
+    known: dict[str, KnownImage] = {}
+    with sessions() as session:
+        for start in range(0, len(ids), 5000):
+            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids[start:start + 5000]))).all()
+            for row in rows:
+                captions = tuple(c.text for c in row.captions if c.source == "human")
+                known[row.path] = KnownImage(row.id, row.file_size, row.file_mtime_ns, row.content_hash, captions)
+    return known
+
+
+def _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash) -> IndexVersion:
+    with sessions() as session, session.begin():
+        latest = session.scalar(select(func.max(IndexVersion.version)).where(IndexVersion.index_name == name))
+        row = IndexVersion(index_name=name, version=(latest or 0) + 1, status="building", gallery=gallery_key,
+                           encoder_name=encoder.name, encoder_path=encoder_path, checkpoint_hash=checkpoint_hash,
+                           embed_dim=encoder.embed_dim)
+        session.add(row)
+    return row
+
+
+def _mark_failed(sessions, version: IndexVersion, message: str) -> None:
+    with sessions() as session, session.begin():
+        session.execute(update(IndexVersion).where(IndexVersion.id == version.id).values(
+            status="failed", message=message[:2000], finished_at=utc_now()))
+
+
+def reconcile(index_dir: Path, name: str, sessions: sessionmaker[Session]) -> None:
+    """Repair what a crash can leave: builds still marked 'building' failed, and CURRENT behind the
+    catalogue's active version (a crash between the commit and the switch)."""
+    with sessions() as session, session.begin():
+        session.execute(update(IndexVersion).where(IndexVersion.index_name == name,
+                                                   IndexVersion.status == "building")
+                        .values(status="failed", message="interrupted", finished_at=utc_now()))
+        active = session.scalar(select(IndexVersion.version).where(IndexVersion.index_name == name,
+                                                                   IndexVersion.status == "active"))
+    current = store.current_version(index_dir, name)
+    if active is not None and (current is None or current.version != active):
+        with contextlib.suppress(FileNotFoundError):  # its directory is gone: keep serving what CURRENT names
+            store.switch_current(index_dir, name, active)
+
+
+def _build_version(sessions, version: IndexVersion, temporary: Path, changes: GalleryChanges,
+                   previous: store.StoredVersion | None, encoder: Encoder, gallery_key: str, index_dir: Path,
+                   name: str, options: BuildOptions) -> BuildReport:
+    to_encode = changes.new + [scanned for scanned, _ in changes.changed]
+    encoded = encode_image_files(encoder, [s.record.path for s in to_encode], options.batch_size, options.workers,
+                                 options.progress)
+    skipped = SkipReport(changes.missing.skipped + encoded.report.skipped)
+    with sessions() as session, session.begin():
+        image_rows = _write_image_rows(session, gallery_key, to_encode, encoded, changes)
+        kept = _reused(changes)
+        captions = _write_caption_rows(session, to_encode, image_rows, changes)
+        arrays = _assemble(previous, encoder, image_rows, encoded, kept, captions, options.progress)
+        manifest = _write_version_files(temporary, arrays, version, encoder, options)
+        published = store.publish(index_dir, name, temporary, version.version)
+        _record_entries(session, version, arrays)
+        removed_ids = [k.row_id for _, k in changes.removed]
+        removed_ids += [k.row_id for s, k in changes.changed if s.record.image_id not in image_rows]
+        if removed_ids:
+            session.execute(delete(ImageRow).where(ImageRow.id.in_(removed_ids)))
+        session.execute(update(IndexVersion).where(IndexVersion.index_name == name, IndexVersion.status == "active")
+                        .values(status="superseded"))
+        session.execute(update(IndexVersion).where(IndexVersion.id == version.id).values(
+            status="active", image_count=len(arrays["image_ids"]), caption_count=len(arrays["caption_ids"]),
+            encoded_images=len(encoded.kept), skipped_files=len(skipped), directory=str(published.directory),
+            image_index_type=manifest["image_index"]["factory"],
+            caption_index_type=manifest["caption_index"]["factory"], finished_at=utc_now(),
+            build_seconds=manifest["build_seconds"]))
+    store.switch_current(index_dir, name, version.version)
+    return BuildReport(name, "built", version.version, len(arrays["image_ids"]), len(arrays["caption_ids"]),
+                       len(encoded.kept), len(kept), len(removed_ids), changes.summary(), manifest["image_index"],
+                       manifest["caption_index"], skipped, 0.0, encoded.images_per_second)
+
+
+def _reused(changes: GalleryChanges) -> list[tuple[ScannedFile, KnownImage]]:
+    """Images whose vectors carry over from the previous version."""
+    return changes.unchanged + changes.captions_changed
+
+
+def _write_image_rows(session: Session, gallery_key: str, to_encode: list[ScannedFile], encoded,
+                      changes: GalleryChanges) -> dict[str, int]:
+    """Insert or update the rows of encoded images; returns gallery path -> row id for them."""
+    known_rows = {s.record.image_id: k.row_id for s, k in changes.changed}
+    row_ids: dict[str, int] = {}
+    for position, (width, height) in zip(encoded.kept, encoded.sizes, strict=True):
+        scanned = to_encode[position]
+        values = dict(file_path=str(scanned.record.path), content_hash=scanned.content_hash,
+                      file_size=scanned.size, file_mtime_ns=scanned.mtime_ns, width=width, height=height,
+                      split=scanned.record.split, updated_at=utc_now())
+        row_id = known_rows.get(scanned.record.image_id)
+        if row_id is None:
+            row = ImageRow(gallery=gallery_key, path=scanned.record.image_id, **values)
+            session.add(row)
+            session.flush()
+            row_id = row.id
+        else:
+            session.execute(update(ImageRow).where(ImageRow.id == row_id).values(**values))
+        row_ids[scanned.record.image_id] = row_id
+    for scanned, known in changes.unchanged + changes.captions_changed:  # a touched file: new stat, same bytes
+        if (scanned.size, scanned.mtime_ns) != (known.size, known.mtime_ns):
+            session.execute(update(ImageRow).where(ImageRow.id == known.row_id).values(
+                file_size=scanned.size, file_mtime_ns=scanned.mtime_ns))
+    return row_ids
+
+
+def _write_caption_rows(session: Session, to_encode: list[ScannedFile], image_rows: dict[str, int],
+                        changes: GalleryChanges) -> list[tuple[int, int, str]]:
+    """Replace the captions of encoded or re-captioned images; returns (caption id, image id, text)."""
+    targets = [(image_rows[s.record.image_id], s.record.captions) for s in to_encode
+               if s.record.image_id in image_rows]
+    targets += [(known.row_id, scanned.record.captions) for scanned, known in changes.captions_changed]
+    written: list[tuple[int, int, str]] = []
+    for image_id, texts in targets:
+        session.execute(delete(CaptionRow).where(CaptionRow.image_id == image_id, CaptionRow.source == "human"))
+        for position, text in enumerate(texts):
+            row = CaptionRow(image_id=image_id, position=position, text=text, source="human")
+            session.add(row)
+            session.flush()
+            written.append((row.id, image_id, text))
+    return written
+
+
+def _assemble(previous, encoder: Encoder, image_rows: dict[str, int], encoded, kept, captions,
+              progress: bool) -> dict[str, np.ndarray]:
+    """The new version's vectors and id arrays: reused rows from the previous version plus new ones."""
+    dim = encoder.embed_dim
+    image_ids = [k.row_id for _, k in kept]
+    image_vectors = [_rows_of(previous, "image", image_ids, dim)]
+    new_image_ids = [image_rows[path] for path in image_rows]
+    image_vectors.append(encoded.vectors)
+    recaptioned = {image_id for _, image_id, _ in captions}
+    reused_captions = _previous_captions(previous, [i for i in image_ids if i not in recaptioned])
+    caption_ids = [c for c, _ in reused_captions] + [c for c, _, _ in captions]
+    caption_owner = [i for _, i in reused_captions] + [i for _, i, _ in captions]
+    caption_vectors = [_rows_of(previous, "caption", [c for c, _ in reused_captions], dim),
+                       encode_texts(encoder, [t for _, _, t in captions], progress=progress)]
+    return {"image_ids": np.asarray(image_ids + new_image_ids, dtype=np.int64),
+            "image_vectors": np.concatenate(image_vectors).astype(np.float32),
+            "caption_ids": np.asarray(caption_ids, dtype=np.int64),
+            "caption_image_ids": np.asarray(caption_owner, dtype=np.int64),
+            "caption_vectors": np.concatenate(caption_vectors).astype(np.float32)}
+
+
+def _rows_of(previous, modality: str, ids: list[int], dim: int) -> np.ndarray:
+    if previous is None or not ids:
+        return np.zeros((0, dim), np.float32)
+    stored_ids = previous.ids(modality)
+    position = {int(i): p for p, i in enumerate(stored_ids)}
+    return previous.vectors(modality)[[position[i] for i in ids]]
+
+
+def _previous_captions(previous, image_ids: list[int]) -> list[tuple[int, int]]:
+    """(caption id, image id) of the previous version's captions that belong to `image_ids`."""
+    if previous is None or not image_ids:
+        return []
+    wanted = set(image_ids)
+    owners = previous.ids("caption_image")
+    return [(int(c), int(i)) for c, i in zip(previous.ids("caption"), owners, strict=True) if int(i) in wanted]
+
+
+def _write_version_files(directory: Path, arrays: dict[str, np.ndarray], version: IndexVersion, encoder: Encoder,
+                         options: BuildOptions) -> dict:
+    started = time.perf_counter()
+    gpu = faiss_index.gpu_available() and options.device != "cpu-only"
+    described = {}
+    for modality in ("image", "caption"):
+        vectors = arrays[f"{modality}_vectors"]
+        choice = faiss_index.choose_index(len(vectors), encoder.embed_dim, options.memory_budget,
+                                          options.index_type, gpu)
+        index = faiss_index.build_index(vectors, choice, gpu)
+        value, recall = faiss_index.tune_search_param(index, vectors, options.recall_target)
+        faiss_index.write_index(index, str(directory / f"{modality}s.faiss"))
+        described[modality] = {"kind": choice.kind, "factory": choice.factory + (",RFlat" if choice.refine else ""),
+                               "search_param": faiss_index.search_param_name(index), "search_value": value,
+                               "recall": recall, "count": int(len(vectors))}
+    for key, array in arrays.items():
+        np.save(directory / f"{key}.npy", array)
+    manifest = {"name": version.index_name, "version": version.version, "encoder_name": encoder.name,
+                "encoder_path": version.encoder_path, "checkpoint_hash": version.checkpoint_hash,
+                "embed_dim": encoder.embed_dim, "metric": "inner_product", "gallery": version.gallery,
+                "image_index": described["image"], "caption_index": described["caption"],
+                "image_count": int(len(arrays["image_ids"])), "caption_count": int(len(arrays["caption_ids"])),
+                "built_at": utc_now().isoformat(), "build_seconds": time.perf_counter() - started, "gpu": gpu}
+    (directory / "encoder.sha256").write_text(version.checkpoint_hash + "\n")
+    (directory / store.MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _record_entries(session: Session, version: IndexVersion, arrays: dict[str, np.ndarray]) -> None:
+    """The faiss id -> catalogue row mapping of this version, in bulk."""
+    rows = [{"version_id": version.id, "modality": "image", "faiss_id": i, "image_id": int(image_id),
+             "caption_id": None} for i, image_id in enumerate(arrays["image_ids"])]
+    rows += [{"version_id": version.id, "modality": "caption", "faiss_id": i, "image_id": int(image_id),
+              "caption_id": int(caption_id)}
+             for i, (caption_id, image_id) in enumerate(zip(arrays["caption_ids"], arrays["caption_image_ids"],
+                                                            strict=True))]
+    for start in range(0, len(rows), 10_000):
+        session.execute(insert(IndexEntry), rows[start:start + 10_000])

@@ -1,0 +1,88 @@
+"""The batched encode pipeline: reader (worker processes decode files) -> encoder -> vectors.
+
+Decoding runs in DataLoader workers so it overlaps encoding; unreadable files come back as
+errors and are reported, never raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from models.data import SkipReport
+from models.data.images import BadImageError, load_for_encoding
+from models.encoders import Encoder
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], size: int):
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            pixels, (width, height) = load_for_encoding(self.paths[index], self.size)
+            return index, torch.from_numpy(pixels), width, height, None
+        except BadImageError as error:
+            return index, None, 0, 0, str(error)
+
+
+def _collate(items):
+    return items  # keep per-item errors; stacking happens after bad items are dropped
+
+
+@dataclass
+class EncodedImages:
+    vectors: np.ndarray          # (n_ok, D) float32, L2-normalised
+    kept: list[int]              # positions in the input list that were encoded
+    sizes: list[tuple[int, int]]  # original (width, height) of each kept image
+    report: SkipReport
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.kept) / self.seconds if self.seconds else 0.0
+
+
+def encode_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int = 64, workers: int = 2,
+                       progress: bool = True) -> EncodedImages:
+    """Encode image files in batches; bad files are skipped and listed in the report."""
+    started = time.perf_counter()
+    report, kept, sizes, parts = SkipReport(), [], [], []
+    loader = DataLoader(_ImageFiles(paths, encoder.image_size), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, persistent_workers=False)
+    bar = tqdm(total=len(paths), desc="encode images", unit="img", disable=not progress)
+    encoder.eval()
+    for batch in loader:
+        good = [item for item in batch if item[4] is None]
+        for index, _, _, _, error in batch:
+            if error is not None:
+                report.add(paths[index], error)
+        if good:
+            parts.append(encoder.encode_image(torch.stack([item[1] for item in good])).cpu().numpy())
+            kept += [item[0] for item in good]
+            sizes += [(item[2], item[3]) for item in good]
+        bar.update(len(batch))
+        bar.set_postfix(img_s=f"{len(kept) / max(time.perf_counter() - started, 1e-9):.0f}", skipped=len(report))
+    bar.close()
+    vectors = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, encoder.embed_dim), np.float32)
+    return EncodedImages(vectors, kept, sizes, report, time.perf_counter() - started)
+
+
+def encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """L2-normalised float32 vectors of `texts`, in batches."""
+    parts = [np.zeros((0, encoder.embed_dim), np.float32)]
+    encoder.eval()
+    for start in tqdm(range(0, len(texts), batch_size), desc="encode captions", unit="batch",
+                      disable=not progress or not texts):
+        parts.append(encoder.encode_text(list(texts[start:start + batch_size])).cpu().numpy().astype(np.float32))
+    return np.concatenate(parts)

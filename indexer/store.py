@@ -1,0 +1,121 @@
+"""The versioned index store: one directory per build, switched in atomically.
+
+    INDEX_DIR/NAME/versions/v000007/   manifest.json, images.faiss, captions.faiss, *_vectors.npy, *_ids.npy
+    INDEX_DIR/NAME/CURRENT             "v000007": the version the app serves
+
+A build writes into `versions/.tmp-*`, renames it to its final name (atomic on one file system)
+and then replaces CURRENT with `os.replace` (atomic too). A crash at any point leaves CURRENT
+naming a complete earlier version; stale temporary directories are removed by the next build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+POINTER = "CURRENT"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    name: str
+    version: int
+    directory: Path
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.directory / MANIFEST).read_text())
+
+    def vectors(self, modality: str) -> np.ndarray:
+        return np.load(self.directory / f"{modality}_vectors.npy")
+
+    def ids(self, modality: str) -> np.ndarray:
+        return np.load(self.directory / f"{modality}_ids.npy")
+
+
+def version_dirname(version: int) -> str:
+    return f"v{version:06d}"
+
+
+def index_root(index_dir: Path, name: str) -> Path:
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"index name {name!r}: use letters, digits, '-' or '_'")
+    return Path(index_dir) / name
+
+
+def current_version(index_dir: Path, name: str) -> StoredVersion | None:
+    """The version CURRENT points at, or None before the first build."""
+    pointer = index_root(index_dir, name) / POINTER
+    if not pointer.is_file():
+        return None
+    dirname = pointer.read_text().strip()
+    directory = index_root(index_dir, name) / "versions" / dirname
+    if not (directory / MANIFEST).is_file():
+        raise FileNotFoundError(f"{pointer} names {dirname}, which has no {MANIFEST}")
+    return StoredVersion(name, int(dirname.removeprefix("v")), directory)
+
+
+def pointer_mtime(index_dir: Path, name: str) -> float | None:
+    """When CURRENT last changed: the cheap check an app polls before reloading."""
+    pointer = index_root(index_dir, name) / POINTER
+    return pointer.stat().st_mtime_ns if pointer.is_file() else None
+
+
+def start_build(index_dir: Path, name: str) -> Path:
+    """A fresh temporary directory for a build, after removing any left by crashed builds."""
+    versions = index_root(index_dir, name) / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    for stale in versions.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=".tmp-", dir=versions))
+
+
+def abandon_build(temporary: Path) -> None:
+    shutil.rmtree(temporary, ignore_errors=True)
+
+
+def publish(index_dir: Path, name: str, temporary: Path, version: int) -> StoredVersion:
+    """Rename a finished build to its version directory (not yet current)."""
+    final = index_root(index_dir, name) / "versions" / version_dirname(version)
+    if final.exists():  # left by a build that crashed after publishing but before switching
+        shutil.rmtree(final)
+    _fsync_dir_contents(temporary)
+    os.rename(temporary, final)
+    return StoredVersion(name, version, final)
+
+
+def switch_current(index_dir: Path, name: str, version: int) -> None:
+    """Point CURRENT at `version` atomically."""
+    root = index_root(index_dir, name)
+    if not (root / "versions" / version_dirname(version) / MANIFEST).is_file():
+        raise FileNotFoundError(f"cannot switch {name} to missing version {version_dirname(version)}")
+    temporary = root / (POINTER + ".tmp")
+    with open(temporary, "w") as handle:
+        handle.write(version_dirname(version) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, root / POINTER)
+
+
+def remove_old_versions(index_dir: Path, name: str, keep: int = 2) -> list[int]:
+    """Delete all but the newest `keep` versions (never the current one); returns those removed."""
+    current = current_version(index_dir, name)
+    versions = sorted(int(p.name[1:]) for p in (index_root(index_dir, name) / "versions").glob("v*"))
+    doomed = [v for v in versions[:-keep] if current is None or v != current.version]
+    for version in doomed:
+        shutil.rmtree(index_root(index_dir, name) / "versions" / version_dirname(version), ignore_errors=True)
+    return doomed
+
+
+def _fsync_dir_contents(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
