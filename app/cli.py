@@ -12,14 +12,19 @@ import typer
 cli = typer.Typer(help="Cross-modal image-text search: data, training, evaluation.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 data_cli = typer.Typer(help="Datasets: generate the synthetic scenes.", no_args_is_help=True)
+admin_cli = typer.Typer(help="Index administration: reindex, status.", no_args_is_help=True)
+db_cli = typer.Typer(help="The catalogue database.", no_args_is_help=True)
 cli.add_typer(data_cli, name="data")
+cli.add_typer(admin_cli, name="admin")
+cli.add_typer(db_cli, name="db")
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean "your input or environment is wrong": one line, no traceback. Anything
     else (a genuine bug) keeps its traceback."""
+    from indexer.db import DatabaseError
     from models.encoders import CheckpointError, PretrainedUnavailableError
 
-    return (ValueError, OSError, CheckpointError, PretrainedUnavailableError, FloatingPointError)
+    return (ValueError, OSError, CheckpointError, PretrainedUnavailableError, FloatingPointError, DatabaseError)
 
 
 def main() -> None:
@@ -114,6 +119,93 @@ def evaluate(
     json_out.write_text(json.dumps({"checkpoint": str(checkpoint), "data": data, "split": split,
                                     "metrics": metrics.as_dict(), "skipped": decoded.report.skipped}, indent=1))
     typer.echo(f"wrote {json_out}")
+
+
+def _catalogue(settings):
+    from indexer.db import session_factory
+
+    return session_factory(settings.database_url)
+
+
+@db_cli.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the catalogue's Alembic migrations (DATABASE_URL, default sqlite:///data/imgsearch.db)."""
+    from app.settings import get_settings
+    from indexer.db import upgrade_database
+
+    settings = get_settings()
+    upgrade_database(settings.database_url)
+    typer.echo(f"catalogue at {_safe_url(settings.database_url)} is up to date")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@cli.command()
+def index(
+    gallery: Annotated[str, typer.Option(help="Karpathy JSON, its folder, or a folder of images")],
+    encoder: Annotated[str, typer.Option(help="encoder checkpoint file, or a pretrained registry name")],
+    name: Annotated[str, typer.Option(help="index name (one per served encoder)")] = "default",
+    full: Annotated[bool, typer.Option(help="re-encode everything instead of only what changed")] = False,
+    index_type: Annotated[str, typer.Option(help="auto, flat, hnsw or ivfpq")] = "auto",
+    memory_budget: Annotated[str | None, typer.Option(help="e.g. 4G: steers the automatic index choice")] = None,
+    recall_target: Annotated[float, typer.Option(help="recall@10 the search parameter is tuned to")] = 0.95,
+    batch_size: int = 64, workers: int = 2,
+) -> None:
+    """Encode a gallery's images and captions and publish a new index version."""
+    from app.settings import get_settings
+    from indexer.build import BuildOptions, build_index
+    from indexer.faiss_index import parse_memory
+
+    settings = get_settings()
+    options = BuildOptions(index_type=index_type, memory_budget=parse_memory(memory_budget),
+                           recall_target=recall_target, batch_size=batch_size, workers=workers,
+                           device=settings.device)
+    report = build_index(gallery=gallery, encoder_spec=encoder, name=name, index_dir=settings.index_dir,
+                         sessions=_catalogue(settings), full=full, options=options)
+    typer.echo(report.summary())
+
+
+@admin_cli.command("reindex")
+def admin_reindex(
+    name: Annotated[str | None, typer.Option(help="index to update (default: every index)")] = None,
+    full: Annotated[bool, typer.Option(help="re-encode everything (e.g. after a new encoder)")] = False,
+    encoder: Annotated[str | None, typer.Option(help="switch to this encoder (implies a full rebuild)")] = None,
+) -> None:
+    """Update indexes from their galleries: only new or changed images are encoded."""
+    from app.settings import get_settings
+    from indexer.build import BuildOptions, build_index
+    from indexer.status import index_names, latest_build_source
+
+    settings = get_settings()
+    sessions = _catalogue(settings)
+    names = [name] if name else index_names(settings.index_dir, sessions)
+    if not names:
+        raise ValueError("no index has been built yet: run `imgsearch index` first")
+    for each in names:
+        gallery, previous_encoder = latest_build_source(sessions, each)
+        report = build_index(gallery=gallery, encoder_spec=encoder or previous_encoder, name=each,
+                             index_dir=settings.index_dir, sessions=sessions, full=full,
+                             options=BuildOptions(device=settings.device))
+        typer.echo(report.summary())
+
+
+@admin_cli.command("status")
+def admin_status() -> None:
+    """Current version, counts, encoder and last build of every index; builds running or failed."""
+    from app.settings import get_settings
+    from indexer.status import index_names, index_status
+
+    settings = get_settings()
+    sessions = _catalogue(settings)
+    names = index_names(settings.index_dir, sessions)
+    if not names:
+        typer.echo(f"no indexes in {settings.index_dir}")
+    for each in names:
+        typer.echo(index_status(settings.index_dir, sessions, each).describe())
 
 
 # The demo's model: VSE++ (hardest negatives after a sum-of-hinges warm-up) small enough for 2 cores.
