@@ -23,8 +23,9 @@ SHARED_FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
 
 SUITES = {
     "flickr8k": [
-        ("VSE++, GRU", "configs/flickr8k_vsepp_gru.toml"),
         ("VSE0, GRU", "configs/flickr8k_vse_gru.toml"),
+        ("VSE++, GRU", "configs/flickr8k_vsepp_gru.toml"),
+        ("VSE++, GRU, from VSE0", "configs/flickr8k_vsepp_gru_from_vse.toml"),
         ("VSE0, MiniLM (frozen)", "configs/flickr8k_vse_minilm.toml"),
         ("VSE++, MiniLM (frozen)", "configs/flickr8k_vsepp_minilm.toml"),
     ],
@@ -93,7 +94,7 @@ def main() -> None:
         sys.exit(f"dataset {data} not found (the Flickr8k suite needs ../shared/data/flickr8k)")
     rows = []
     for label, config in SUITES[args.suite]:
-        out_dir = ROOT / "runs" / f"{args.suite}_{Path(config).stem}"
+        out_dir = ROOT / "runs" / Path(config).stem
         selected = args.only is None or Path(config).stem in args.only.split(",")
         if selected and not args.reuse:
             wall = run_training(ROOT / config, Path(data), out_dir, args.extra)

@@ -95,7 +95,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
         raise CheckpointError(f"{path}: encoder family {payload['family']!r} is not installed")
     try:
         vocab = Vocabulary(payload["vocab"]) if payload.get("vocab") else None
-        config = _without_pretrained(payload["config"])  # the checkpoint already holds the weights
+        config = without_pretrained(payload["config"])  # the checkpoint already holds the weights
         encoder = families[payload["family"]](payload["name"], config, vocab=vocab, extra=payload.get("extra"))
         encoder.load_state_dict(payload["state_dict"])
     except (KeyError, ValueError, RuntimeError) as error:
@@ -105,7 +105,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     return encoder.to(device).eval()
 
 
-def _without_pretrained(config: dict[str, Any]) -> dict[str, Any]:
+def without_pretrained(config: dict[str, Any]) -> dict[str, Any]:
     config = copy.deepcopy(config)
     config.pop("pretrained", None)
     if isinstance(config.get("image"), dict):

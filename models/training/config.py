@@ -14,6 +14,7 @@ class TrainConfig:
     data: str = ""                       # Karpathy JSON, a folder holding one, or an image folder
     model: str = "vsepp_resnet18_gru"    # registry name (models/configs/NAME.json)
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None         # start from this checkpoint's weights (fine-tuning, loss switch)
     out_dir: str = "runs/default"
     epochs: int = 10
     batch_size: int = 128

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from models.data import DecodedSplit, decode_split, load_records, select_split
 from models.encoders import Encoder, create_encoder, load_encoder, needs_vocabulary
-from models.encoders.registry import get_encoder_config, merge_config
+from models.data.records import ImageRecord
+from models.encoders.registry import without_pretrained, get_encoder_config, merge_config
 from models.evaluation import RetrievalMetrics, evaluate_encoder
 from models.training.config import TrainConfig
 from models.training.plots import plot_history
@@ -94,7 +95,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     return TrainResult(out_dir / BEST_MODEL, best_metrics, history, time.perf_counter() - started, _peak_memory_mb())
 
 
-def _new_encoder(config: TrainConfig, records) -> Encoder:
+def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:
+    if config.init_from:
+        return _warm_start(config)
     model_config = merge_config(get_encoder_config(config.model), config.model_overrides)
     if config.image_size:
         model_config["image_size"] = config.image_size
@@ -107,7 +110,19 @@ def _new_encoder(config: TrainConfig, records) -> Encoder:
     return create_encoder(config.model, vocab=vocab, config=model_config)
 
 
-def _decode_splits(config: TrainConfig, records, image_size: int, progress: bool
+def _warm_start(config: TrainConfig) -> Encoder:
+    """Start from a trained checkpoint's weights and vocabulary; `model_overrides` may change the
+    loss (e.g. switch a VSE0 model to VSE++'s hardest negatives) but not the architecture."""
+    source = load_encoder(config.init_from)
+    model_config = merge_config(source.config, config.model_overrides)
+    vocab_words = source.vocabulary_words()
+    encoder = create_encoder(source.name, vocab=Vocabulary(vocab_words) if vocab_words else None,
+                             config=without_pretrained(model_config))
+    encoder.load_state_dict(source.state_dict())
+    return encoder
+
+
+def _decode_splits(config: TrainConfig, records: list[ImageRecord], image_size: int, progress: bool
                    ) -> tuple[DecodedSplit, DecodedSplit]:
     cache = Path(config.cache_dir) if config.cache_dir else None
     train_size = image_size + image_size // 8 if config.augment else image_size

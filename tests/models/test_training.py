@@ -72,6 +72,20 @@ def test_vsepp_schedule_trains_end_to_end(scenes, tmp_path):
     assert result.history[1]["train_loss"] <= 2 * 16 * 2.2
 
 
+def test_init_from_a_checkpoint_keeps_weights_and_switches_the_loss(scenes, tmp_path):
+    first = train(_config(scenes, tmp_path / "vse", epochs=1), progress=False)
+    overrides = {"loss": {"kind": "max_hinge", "warmup_epochs": 0}}
+    config = _config(scenes, tmp_path / "vsepp", epochs=1, lr=1e-12, warmup_steps=0,
+                     init_from=str(first.best_checkpoint), model_overrides=overrides)
+    second = train(config, progress=False)
+    before, after = load_encoder(first.best_checkpoint), load_encoder(tmp_path / "vsepp" / LAST_CHECKPOINT)
+    # a vanishing learning rate: the weights are the checkpoint's (BatchNorm statistics still move)
+    assert torch.allclose(after.text_tower.embed.weight, before.text_tower.embed.weight, atol=1e-7)
+    assert torch.allclose(after.image_tower.project.weight, before.image_tower.project.weight, atol=1e-7)
+    assert after.config["loss"]["kind"] == "max_hinge" and before.config["loss"]["kind"] == "sum_hinge"
+    assert second.history[0]["loss_terms"]["ranking"] <= 2 * 16 * 2.2  # max of hinges, not the sum
+
+
 def test_train_and_evaluate_a_plain_captioned_folder(tmp_path):
     from models.data import generate_scenes
     from models.data.records import SPLITS
