@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from models.data import DecodedSplit, decode_split, load_records, select_split
-from models.encoders import Encoder, create_encoder, load_encoder, needs_vocabulary
 from models.data.records import ImageRecord
-from models.encoders.registry import without_pretrained, get_encoder_config, merge_config
+from models.encoders import Encoder, create_encoder, load_encoder, needs_vocabulary
+from models.encoders.registry import get_encoder_config, merge_config, without_pretrained
 from models.evaluation import RetrievalMetrics, evaluate_encoder
 from models.training.config import TrainConfig
 from models.training.plots import plot_history
