@@ -40,8 +40,9 @@ def check_connection(engine: Engine) -> None:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as error:
+        reason = " ".join(str(getattr(error, "orig", None) or error).split())  # drivers add newlines and tabs
         raise DatabaseError(f"cannot reach the database {engine.url.render_as_string(hide_password=True)}: "
-                            f"{error.orig if hasattr(error, 'orig') else error}") from error
+                            f"{reason}") from error
 
 
 def upgrade_database(url: str, revision: str = "head") -> None:

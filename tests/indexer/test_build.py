@@ -1,0 +1,201 @@
+"""Index builds end to end on SQLite and PostgreSQL: full, incremental, interrupted, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from indexer import store
+from indexer.build import BuildOptions, build_index
+from indexer.catalogue import CaptionRow, ImageRow, IndexEntry, IndexVersion
+from indexer.db import DatabaseError, session_factory
+from indexer.faiss_index import read_index, set_search_param
+from indexer.status import index_status
+from models import CheckpointError, load_encoder
+from models.data import DatasetError
+from tests.conftest import ROOT
+
+QUIET = BuildOptions(progress=False, workers=0)
+
+
+def _build(gallery, checkpoint, index_dir, sessions, **kwargs):
+    return build_index(gallery=str(gallery), encoder_spec=str(checkpoint), name="main", index_dir=index_dir,
+                       sessions=sessions, options=kwargs.pop("options", QUIET), **kwargs)
+
+
+def _count(sessions, table) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(table))
+
+
+def _search_caption(version: store.StoredVersion, checkpoint: Path, text: str) -> int:
+    """The caption row id the caption index returns first for `text`."""
+    encoder = load_encoder(checkpoint)
+    index = read_index(str(version.directory / "captions.faiss"))
+    param = version.manifest["caption_index"]["search_value"]
+    if param:
+        set_search_param(index, param)
+    _, found = index.search(encoder.encode_text([text]).numpy(), 1)
+    return int(version.ids("caption")[found[0, 0]])
+
+
+def test_full_build_writes_version_manifest_and_catalogue(gallery, encoder_checkpoint, tmp_path, sessions):
+    report = _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
+    assert report.status == "built" and report.version == 1
+    assert report.image_count == 30 and report.caption_count == 150 and report.encoded_images == 30
+    version = store.current_version(tmp_path / "idx", "main")
+    manifest = version.manifest
+    assert manifest["image_count"] == 30 and manifest["embed_dim"] == 32 and manifest["metric"] == "inner_product"
+    assert manifest["image_index"]["factory"] == "Flat" and manifest["encoder_name"] == "vse_tiny_gru"
+    assert (version.directory / "encoder.sha256").read_text().strip() == manifest["checkpoint_hash"]
+    assert _count(sessions, ImageRow) == 30 and _count(sessions, CaptionRow) == 150
+    assert _count(sessions, IndexEntry) == 180
+    with sessions() as session:
+        row = session.scalars(select(IndexVersion)).one()
+        assert (row.status, row.image_count, row.caption_count) == ("active", 30, 150)
+        caption = session.scalars(select(CaptionRow).order_by(CaptionRow.id)).first()
+        image = session.get(ImageRow, caption.image_id)
+        assert image.width == 32 and len(image.content_hash) == 64
+    # Each caption's own vector finds that very caption first (exact index, identical vectors).
+    assert _search_caption(version, encoder_checkpoint, caption.text) in _same_text_ids(sessions, caption.text)
+    assert not list((tmp_path / "idx" / "main" / "versions").glob(".tmp-*"))
+
+
+def _same_text_ids(sessions, text: str) -> set[int]:
+    with sessions() as session:
+        return set(session.scalars(select(CaptionRow.id).where(CaptionRow.text == text)).all())
+
+
+def test_incremental_update_encodes_only_what_changed(gallery, encoder_checkpoint, tmp_path, sessions):
+    index_dir = tmp_path / "idx"
+    _build(gallery, encoder_checkpoint, index_dir, sessions)
+    again = _build(gallery, encoder_checkpoint, index_dir, sessions)
+    assert again.status == "up-to-date" and again.version == 1 and again.encoded_images == 0
+
+    images = sorted((gallery / "images").glob("*.png"))
+    dataset = json.loads((gallery / "dataset.json").read_text())
+    Image.new("RGB", (32, 32), (250, 0, 0)).save(images[0])             # changed content
+    os.utime(images[1], ns=(1, 1))                                       # touched, same bytes
+    images[2].unlink()                                                    # deleted
+    dataset["images"][3]["sentences"] = [{"raw": "a brand new caption"}]  # new captions only
+    new_entry = json.loads(json.dumps(dataset["images"][4]))              # a new image
+    Image.new("RGB", (32, 32), (0, 0, 250)).save(gallery / "images" / "added.png")
+    new_entry.update(filename="added.png", imgid=999, sentences=[{"raw": "a plain blue picture"}])
+    dataset["images"].append(new_entry)
+    (gallery / "dataset.json").write_text(json.dumps(dataset))
+
+    report = _build(gallery, encoder_checkpoint, index_dir, sessions)
+    assert report.status == "built" and report.version == 2
+    assert report.encoded_images == 2            # the changed one and the new one
+    assert report.reused_images == 28 and report.removed_images == 1
+    assert report.image_count == 30 and report.caption_count == 30 * 5 - 5 - 4 + 1
+    assert "2" in report.skipped.summary() or len(report.skipped) == 1  # the deleted file is reported missing
+    version = store.current_version(index_dir, "main")
+    assert version.version == 2 and len(version.ids("image")) == 30
+    assert _search_caption(version, encoder_checkpoint, "a brand new caption") in _same_text_ids(
+        sessions, "a brand new caption")
+    assert _count(sessions, ImageRow) == 30
+    with sessions() as session:
+        statuses = dict(session.execute(select(IndexVersion.version, IndexVersion.status)).all())
+        assert statuses == {1: "superseded", 2: "active"}
+        assert session.scalar(select(func.count()).select_from(IndexEntry).where(IndexEntry.version_id == 1)) < 180
+    # The reused vectors are the previous version's, row for row.
+    previous = store.StoredVersion("main", 1, index_dir / "main" / "versions" / "v000001")
+    old = dict(zip(previous.ids("image").tolist(), previous.vectors("image"), strict=True))
+    new = dict(zip(version.ids("image").tolist(), version.vectors("image"), strict=True))
+    shared = set(old) & set(new)
+    assert len(shared) == 29 and sum(np.array_equal(old[i], new[i]) for i in shared) == 28
+
+
+def test_full_rebuild_re_encodes_everything(gallery, encoder_checkpoint, tmp_path, sessions):
+    _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
+    report = _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions, full=True)
+    assert report.version == 2 and report.encoded_images == 30 and report.reused_images == 0
+
+
+def test_interrupted_build_leaves_previous_version_serving(gallery, encoder_checkpoint, tmp_path, sessions,
+                                                          monkeypatch):
+    index_dir = tmp_path / "idx"
+    _build(gallery, encoder_checkpoint, index_dir, sessions)
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(sorted((gallery / "images").glob("*.png"))[0])
+    before = (index_dir / "main" / store.POINTER).read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("indexer.faiss_index.build_index", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _build(gallery, encoder_checkpoint, index_dir, sessions)
+    assert (index_dir / "main" / store.POINTER).read_text() == before
+    assert store.current_version(index_dir, "main").version == 1
+    assert not list((index_dir / "main" / "versions").glob(".tmp-*"))
+    assert sorted(p.name for p in (index_dir / "main" / "versions").iterdir()) == ["v000001"]
+    with sessions() as session:
+        assert dict(session.execute(select(IndexVersion.version, IndexVersion.status)).all()) == {
+            1: "active", 2: "failed"}
+        assert session.scalar(select(func.count()).select_from(IndexEntry)) == 180  # untouched
+    status = index_status(index_dir, sessions, "main")
+    assert status.current_version == 1 and status.failed[0][0] == 2 and "KeyboardInterrupt" in status.failed[0][1]
+    monkeypatch.undo()
+    assert _build(gallery, encoder_checkpoint, index_dir, sessions).version == 3  # and the next build works
+
+
+def test_bad_files_are_skipped_and_reported(gallery, encoder_checkpoint, tmp_path, sessions):
+    images = sorted((gallery / "images").glob("*.png"))
+    images[0].write_bytes(b"")                                   # zero bytes
+    images[1].write_text("not an image at all")                  # not an image
+    images[2].write_bytes(images[3].read_bytes()[:60])           # truncated
+    Image.new("1", (20000, 20000)).save(images[4], format="PNG")  # decompression bomb
+    report = _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
+    assert report.status == "built" and report.image_count == 26
+    reasons = {Path(path).name: reason for path, reason in report.skipped.skipped}
+    assert set(reasons) == {p.name for p in images[:3]} | {images[4].name}
+    assert "empty file" in reasons[images[0].name] and "too large" in reasons[images[4].name]
+    assert "skipped 4 file(s)" in report.summary()
+
+
+def test_clear_errors_for_bad_arguments(gallery, encoder_checkpoint, tmp_path, sessions):
+    with pytest.raises(DatasetError, match="gallery path not found"):
+        _build(tmp_path / "nowhere", encoder_checkpoint, tmp_path / "idx", sessions)
+    (tmp_path / "broken.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        _build(gallery, tmp_path / "broken.pt", tmp_path / "idx", sessions)
+    with pytest.raises(ValueError, match="untrained architecture"):
+        _build(gallery, "vse_tiny_gru", tmp_path / "idx", sessions)
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path):
+    with pytest.raises(DatabaseError, match="cannot reach the database"):
+        session_factory("postgresql+psycopg://nobody@/nodb?host=/nonexistent&port=1")
+
+
+def _cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **env}, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_index_status_reindex(gallery, encoder_checkpoint, tmp_path):
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'cat.db'}", "INDEX_DIR": str(tmp_path / "idx")}
+    built = _cli(env, "index", "--gallery", str(gallery), "--encoder", str(encoder_checkpoint), "--name", "demo",
+                 "--workers", "0")
+    assert built.returncode == 0, built.stderr
+    assert "version 1 is now current" in built.stdout and "encode images" in built.stderr  # progress bar
+    status = _cli(env, "admin", "status")
+    assert "demo: version 1, 30 images, 150 captions, encoder vse_tiny_gru" in status.stdout
+    reindexed = _cli(env, "admin", "reindex")
+    assert reindexed.returncode == 0 and "up to date at version 1" in reindexed.stdout
+    missing = _cli(env, "index", "--gallery", str(tmp_path / "none"), "--encoder", str(encoder_checkpoint))
+    assert missing.returncode == 1 and "gallery path not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad_db = _cli({**env, "DATABASE_URL": "postgresql+psycopg://x@/y?host=/nonexistent&port=1"}, "admin", "status")
+    assert bad_db.returncode == 1 and "cannot reach the database" in bad_db.stderr
+    assert len(bad_db.stderr.strip().splitlines()) == 1
