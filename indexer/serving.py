@@ -1,0 +1,84 @@
+"""The read side of the store, for the app: load the current version, search it, and reload it
+when an admin build switches CURRENT, without a failed request.
+
+`LiveIndex.reload_if_changed()` is the reload hook: it compares CURRENT's modification time,
+loads the new version completely off to the side, then swaps one reference. A search that
+started before the swap finishes on the version it began with.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexer import faiss_index, store
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    version: store.StoredVersion
+    manifest: dict
+    images: faiss.Index
+    captions: faiss.Index
+    image_ids: np.ndarray          # faiss row -> image row id
+    caption_ids: np.ndarray        # faiss row -> caption row id
+    caption_image_ids: np.ndarray  # faiss row -> image row id of the caption
+
+    @classmethod
+    def load(cls, version: store.StoredVersion, gpu: bool = False) -> LoadedVersion:
+        manifest = version.manifest
+        indexes = {}
+        for modality in ("image", "caption"):
+            index = faiss_index.read_index(str(version.directory / f"{modality}s.faiss"), gpu=gpu)
+            value = manifest[f"{modality}_index"].get("search_value")
+            if value:
+                faiss_index.set_search_param(index, int(value))
+            indexes[modality] = index
+        return cls(version, manifest, indexes["image"], indexes["caption"], version.ids("image"),
+                   version.ids("caption"), version.ids("caption_image"))
+
+    def search(self, modality: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, catalogue row ids) of the top k per query; -1 ids pad short result lists."""
+        index, ids = (self.images, self.image_ids) if modality == "image" else (self.captions, self.caption_ids)
+        k = max(0, min(k, index.ntotal))
+        if k == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores, np.where(rows >= 0, ids[np.clip(rows, 0, None)], -1)
+
+
+class LiveIndex:
+    """The current version of one named index, reloaded in place when CURRENT changes."""
+
+    def __init__(self, index_dir: Path, name: str, gpu: bool = False):
+        self.index_dir, self.name, self.gpu = Path(index_dir), name, gpu
+        self._lock = threading.Lock()
+        self._loaded: LoadedVersion | None = None
+        self._pointer_stamp: int | None = None
+        self.reload_if_changed()
+
+    @property
+    def current(self) -> LoadedVersion:
+        loaded = self._loaded
+        if loaded is None:
+            raise LookupError(f"index {self.name!r} has no version yet in {self.index_dir}")
+        return loaded
+
+    def reload_if_changed(self) -> bool:
+        """Load the version CURRENT names if it changed since the last load; True when it swapped."""
+        stamp = store.pointer_mtime(self.index_dir, self.name)
+        if stamp == self._pointer_stamp:
+            return False
+        with self._lock:  # one reload at a time; searches never wait on this lock
+            stamp = store.pointer_mtime(self.index_dir, self.name)
+            if stamp == self._pointer_stamp:
+                return False
+            version = store.current_version(self.index_dir, self.name)
+            if version is not None and (self._loaded is None or version.version != self._loaded.version.version):
+                self._loaded = LoadedVersion.load(version, self.gpu)  # fully loaded before it is visible
+            self._pointer_stamp = stamp
+            return True
