@@ -123,14 +123,20 @@ def set_search_param(index: faiss.Index, choice_or_value: IndexChoice | int) -> 
 
 
 def tune_search_param(index: faiss.Index, vectors: np.ndarray, recall_target: float = 0.95, k: int = 10,
-                      queries: int = 500, seed: int = 0) -> tuple[int | None, float]:
-    """Smallest efSearch/nprobe (powers of two) whose recall@k against exact search on a sample of
-    the vectors reaches `recall_target`; returns (value, recall). Exact indexes return (None, 1.0)."""
+                      queries: int | np.ndarray = 500, seed: int = 0) -> tuple[int | None, float]:
+    """Smallest efSearch/nprobe (powers of two) whose recall@k against exact search reaches
+    `recall_target`; returns (value, recall). Exact indexes return (None, 1.0).
+
+    `queries` is a query set, or a count of indexed vectors to sample as queries (each then finds
+    itself, which flatters recall by up to 1/k: pass real held-out queries where there are some)."""
     name = search_param_name(index)
     if name is None or len(vectors) == 0:
         return None, 1.0
-    rng = np.random.default_rng(seed)
-    sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
+    if isinstance(queries, np.ndarray):
+        sample = np.ascontiguousarray(queries, dtype=np.float32)
+    else:
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
     _, truth = exact_search(vectors, sample, k)
     limit = 4096 if name == "efSearch" else max(1, faiss.extract_index_ivf(_cpu_base(index)).nlist)
     value, recall = 1, 0.0
