@@ -18,6 +18,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from models.io import atomic_torch_save
+
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
 CACHE_FORMAT = 1
 
@@ -142,10 +144,7 @@ def cached_decode(paths: Sequence[Path], size: int, cache_dir: Path | None, work
         report = SkipReport([tuple(item) for item in cached["skipped"]])
         return cached["pixels"], list(cached["kept"]), report
     pixels, kept, report = decode_images(paths, size, workers, progress)
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    temporary = cache_file.with_suffix(".tmp")
-    torch.save({"pixels": pixels, "kept": kept, "skipped": [list(s) for s in report.skipped]}, temporary)
-    temporary.replace(cache_file)  # atomic: a killed run never leaves a half-written cache
+    atomic_torch_save({"pixels": pixels, "kept": kept, "skipped": [list(s) for s in report.skipped]}, cache_file)
     return pixels, kept, report
 
 

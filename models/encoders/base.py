@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from models.data.images import image_to_uint8
+from models.io import atomic_torch_save
 
 CHECKPOINT_FORMAT = "imgsearch-encoder/1"
 ImageBatch = torch.Tensor | Sequence[Image.Image]
@@ -114,15 +115,11 @@ class Encoder(nn.Module):
 
     def save(self, path: str | Path) -> Path:
         """Write weights, config and vocabulary into one file (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        torch.save(self.checkpoint_payload(), temporary)
-        temporary.replace(path)
-        return path
+        return atomic_torch_save(self.checkpoint_payload(), path)
 
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+    @staticmethod
+    def load(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+        """Any family's checkpoint (the family is read from the file)."""
         from models.encoders.registry import load_encoder
 
         return load_encoder(path, device)

@@ -76,13 +76,17 @@ def _load_local_state(model: nn.Module, path: Path) -> None:
 def _openclip_visual(cfg: dict[str, Any]) -> ImageBackbone:
     model = create_openclip_model(cfg["model"], cfg.get("pretrained"), cfg.get("model_cfg"))
     visual = model.visual
-    mean = tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN)
-    std = tuple(getattr(visual, "image_std", None) or OPENAI_STD)
-    return ImageBackbone(visual, int(visual.output_dim), mean, std)
+    return ImageBackbone(visual, int(visual.output_dim), *openclip_mean_std(visual))
 
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def openclip_mean_std(visual: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The pixel mean/std an open_clip visual tower was trained with (OpenAI's when it does not say)."""
+    return (tuple(getattr(visual, "image_mean", None) or OPENAI_MEAN),
+            tuple(getattr(visual, "image_std", None) or OPENAI_STD))
 
 
 def create_openclip_model(model_name: str, pretrained: str | None, model_cfg: dict | None = None) -> nn.Module:

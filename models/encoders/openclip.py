@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from models.encoders.base import Encoder, normalize_pixels
-from models.encoders.image_towers import OPENAI_MEAN, OPENAI_STD, create_openclip_model
+from models.encoders.base import Encoder, l2_normalize, normalize_pixels
+from models.encoders.image_towers import create_openclip_model, openclip_mean_std
 from models.encoders.registry import register_family
 from models.losses import InfoNCE
 
@@ -33,8 +32,7 @@ class OpenCLIPEncoder(Encoder):
         super().__init__(name, config)
         self.model = model
         self.tokenizer = open_clip.get_tokenizer(self.model_name)
-        mean = getattr(model.visual, "image_mean", None) or OPENAI_MEAN
-        std = getattr(model.visual, "image_std", None) or OPENAI_STD
+        mean, std = openclip_mean_std(model.visual)
         self.register_buffer("mean", torch.tensor(mean), persistent=False)
         self.register_buffer("std", torch.tensor(std), persistent=False)
         self.loss = InfoNCE(config.get("temperature", 0.05))
@@ -46,8 +44,8 @@ class OpenCLIPEncoder(Encoder):
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
 
     def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int) -> dict[str, torch.Tensor]:
-        images = F.normalize(self.image_embedding(pixels), dim=-1)
-        texts = F.normalize(self.text_embedding(captions), dim=-1)
+        images = l2_normalize(self.image_embedding(pixels))
+        texts = l2_normalize(self.text_embedding(captions))
         loss = self.loss(images @ texts.t())
         return {"loss": loss, "contrastive": loss.detach()}
 

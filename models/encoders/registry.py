@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ _FAMILIES: dict[str, type[Encoder]] = {}
 _FAMILY_MODULES = ("models.encoders.vse", "models.encoders.openclip")
 
 
-def register_family(name: str):
+def register_family(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
+    """Class decorator: make an Encoder subclass buildable by `"family": name` in a config."""
+
     def decorate(cls: type[Encoder]) -> type[Encoder]:
         _FAMILIES[name] = cls
         return cls

@@ -24,6 +24,7 @@ from models.data.records import ImageRecord
 from models.encoders import Encoder, create_encoder, load_encoder, needs_vocabulary
 from models.encoders.registry import get_encoder_config, merge_config, without_pretrained
 from models.evaluation import RetrievalMetrics, evaluate_encoder
+from models.io import atomic_torch_save
 from models.training.config import TrainConfig
 from models.training.plots import plot_history
 from models.vocab import Vocabulary
@@ -100,6 +101,9 @@ def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:
         return _warm_start(config)
     model_config = merge_config(get_encoder_config(config.model), config.model_overrides)
     if config.image_size:
+        if model_config.get("family") == "openclip" or model_config.get("image", {}).get("backbone") == "openclip":
+            raise ValueError("image_size cannot be overridden for open_clip towers: their position embeddings "
+                             "fix it (set image_size in the model's model_cfg instead)")
         model_config["image_size"] = config.image_size
     vocab = None
     if needs_vocabulary(model_config):
@@ -212,9 +216,7 @@ def _save_state(out_dir: Path, encoder: Encoder, optimizer, scheduler, history: 
     state = {"encoder": encoder.checkpoint_payload(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "history": history, "train_config": config.as_dict(),
              "rng": _rng_state()}
-    temporary = out_dir / (LAST_CHECKPOINT + ".tmp")
-    torch.save(state, temporary)
-    temporary.replace(out_dir / LAST_CHECKPOINT)
+    atomic_torch_save(state, out_dir / LAST_CHECKPOINT)
     (out_dir / "metrics.json").write_text(json.dumps({"config": config.as_dict(), "history": history}, indent=1))
     plot_history(history, out_dir / "metrics.png")
 
