@@ -18,8 +18,8 @@ demo: $(VENV)/.installed
 	$(BIN)/imgsearch demo
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check app models indexer bench tests
+	$(BIN)/ruff check app models indexer migrations bench tests
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check app models indexer bench tests
+	$(BIN)/ruff check app models indexer migrations bench tests
