@@ -46,13 +46,31 @@ def run_training(config: Path, data: Path, out_dir: Path, extra: list[str]) -> f
     return time.perf_counter() - started
 
 
-def summarise(label: str, config: Path, out_dir: Path) -> dict:
+def evaluate_on(split: str, out_dir: Path, data: Path) -> dict | None:
+    """Evaluate the run's best model on a held-out split (the one model selection never saw)."""
+    from models.data import load_records, select_split
+
+    if not select_split(load_records(data), split):
+        return None
+    result = out_dir / f"model_best.{split}.json"
+    if not result.is_file():
+        subprocess.run([sys.executable, "-m", "app.cli", "evaluate", str(out_dir / "model_best.pt"), "--data",
+                        str(data), "--split", split, "--json", str(result)], check=True, cwd=ROOT,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads(result.read_text())["metrics"]
+
+
+def summarise(label: str, config: Path, out_dir: Path, data: Path) -> dict:
     wall_file = out_dir / "wall_seconds.json"
     wall = json.loads(wall_file.read_text())["wall_seconds"] if wall_file.is_file() else None
     history = json.loads((out_dir / "metrics.json").read_text())["history"]
     best = max(history, key=lambda h: h["val"]["rsum"])
+    test = evaluate_on("test", out_dir, data)
+    reported = test or best["val"]
     return {"run": label, "config": str(config.relative_to(ROOT)), "out_dir": str(out_dir),
-            "epochs_run": len(history), "best_epoch": best["epoch"], **{k: best["val"][k] for k in METRIC_COLUMNS},
+            "reported_split": "test" if test else "val (also used for model selection)",
+            "epochs_run": len(history), "best_epoch": best["epoch"], **{k: reported[k] for k in METRIC_COLUMNS},
+            "val_rsum": best["val"]["rsum"],
             "train_minutes": sum(h["train_seconds"] for h in history) / 60,
             "wall_minutes": (wall / 60) if wall is not None else None,
             "peak_memory_gb": max(h["peak_memory_mb"] for h in history) / 1024,
@@ -100,7 +118,9 @@ def main() -> None:
             wall = run_training(ROOT / config, Path(data), out_dir, args.extra)
             (out_dir / "wall_seconds.json").write_text(json.dumps({"wall_seconds": wall}))
         if (out_dir / "metrics.json").is_file():
-            rows.append(summarise(label, ROOT / config, out_dir))
+            rows.append(summarise(label, ROOT / config, out_dir, Path(data)))
+    if rows:
+        print(f"metrics on the {rows[0]['reported_split']} split")
     print_table(rows)
     out = args.out or ROOT / "bench" / "results" / f"train_{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
