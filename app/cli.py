@@ -208,6 +208,19 @@ def admin_status() -> None:
         typer.echo(index_status(settings.index_dir, sessions, each).describe())
 
 
+@cli.command()
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          reload: Annotated[bool, typer.Option(help="restart on code changes (development)")] = False) -> None:
+    """Serve the search page and the REST API with uvicorn (settings from the environment)."""
+    import uvicorn
+
+    from app.settings import get_settings
+
+    settings = get_settings()
+    typer.echo(f"serving {settings.index_dir} on http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, reload=reload)
+
+
 # The demo's model: VSE++ (hardest negatives after a sum-of-hinges warm-up) small enough for 2 cores.
 DEMO_TRAINING = {"model": "vsepp_resnet18_gru", "batch_size": 128, "lr": 5e-4, "hflip": False,
                  "model_overrides": {"embed_dim": 256, "text": {"word_dim": 128},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import faiss
@@ -40,6 +41,23 @@ class LoadedVersion:
             indexes[modality] = index
         return cls(version, manifest, indexes["image"], indexes["caption"], version.ids("image"),
                    version.ids("caption"), version.ids("caption_image"))
+
+    @cached_property
+    def _image_positions(self) -> dict[int, int]:
+        return {int(image_id): position for position, image_id in enumerate(self.image_ids)}
+
+    @cached_property
+    def _image_vectors(self) -> np.ndarray:
+        return np.load(self.version.directory / "image_vectors.npy", mmap_mode="r")
+
+    def image_vector(self, image_id: int) -> np.ndarray | None:
+        """The stored (normalised) vector of an indexed image, or None if this version lacks it."""
+        position = self._image_positions.get(int(image_id))
+        return None if position is None else np.array(self._image_vectors[position])
+
+    def image_vectors(self, image_ids: np.ndarray) -> np.ndarray:
+        positions = [self._image_positions[int(i)] for i in image_ids]
+        return np.asarray(self._image_vectors[positions])
 
     def search(self, modality: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, catalogue row ids) of the top k per query; -1 ids pad short result lists."""

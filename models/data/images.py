@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -50,18 +51,20 @@ class SkipReport:
         return "\n".join(lines)
 
 
-def open_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS, draft_size: int | None = None
+def open_image(source: str | Path | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS, draft_size: int | None = None
                ) -> Image.Image:
-    """Open and fully decode an image as RGB, or raise BadImageError naming the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadImageError("file not found")
-    if path.stat().st_size == 0:
-        raise BadImageError("empty file (0 bytes)")
+    """Open and fully decode an image (a path or a binary file object) as RGB, or raise
+    BadImageError naming the problem."""
+    if isinstance(source, (str, Path)):
+        source = Path(source)
+        if not source.is_file():
+            raise BadImageError("file not found")
+        if source.stat().st_size == 0:
+            raise BadImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
             if image.width * image.height > max_pixels:
                 raise BadImageError(f"too large ({image.width}x{image.height} pixels, "
                                     f"limit {max_pixels})")

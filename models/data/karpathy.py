@@ -63,7 +63,7 @@ def _parse_entry(entry: object, index: int, root: Path, json_path: Path) -> Imag
     if split not in SPLITS:
         raise DatasetError(f"{where} ('{entry['filename']}'): unknown split {split!r}")
     relative = Path(entry.get("filepath", "")) / entry["filename"]
-    image_id = str(entry.get("imgid", entry.get("cocoid", relative.as_posix())))
+    image_id = relative.as_posix()  # stable and readable; imgid numbering differs between releases
     captions = tuple(str(s["raw"]).strip() for s in sentences if str(s["raw"]).strip())
     attributes = entry.get("scene", {}) if isinstance(entry.get("scene"), dict) else {}
     return ImageRecord(image_id, root / relative, captions, split, attributes)

@@ -40,7 +40,7 @@ def test_karpathy_reads_splits_captions_and_paths(tmp_path):
     assert records[0].captions == ("A red thing .",)  # blank captions dropped
     assert records[1].path == tmp_path / "images" / "val2014" / "b.jpg"
     assert load_records(json_path) == records
-    assert [r.image_id for r in select_split(records, "test")] == ["1"]
+    assert [r.image_id for r in select_split(records, "test")] == ["val2014/b.jpg"]
 
 
 @pytest.mark.parametrize("content, message", [

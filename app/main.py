@@ -1,0 +1,74 @@
+"""The FastAPI application: `create_app(settings)` builds it; nothing is loaded at import time."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.metrics import AppMetrics
+from app.routes import admin, api, gallery, pages
+from app.services.errors import ServiceError, UnknownWords
+from app.services.images import ThumbnailCache
+from app.services.search import SearchService
+from app.services.served import ServedIndexes
+from app.settings import Settings, get_settings
+from indexer.db import session_factory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.sessions = session_factory(settings.database_url)
+        app.state.served = ServedIndexes(settings.index_dir, settings.default_index, settings.device)
+        app.state.search = SearchService(app.state.served, app.state.sessions, settings.max_query_chars)
+        app.state.thumbnails = ThumbnailCache(Path(settings.index_dir) / ".thumbnails")
+        app.state.admin_jobs = {}
+        yield
+
+    app = FastAPI(title="imgsearch", version="0.1.0", lifespan=lifespan,
+                  description="Cross-modal image-text search: text->image, image->text, image - word + word.")
+    app.state.settings = settings
+    app.state.metrics = AppMetrics()
+    app.include_router(api.router)
+    app.include_router(admin.router)
+    app.include_router(gallery.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=ROOT / "static"), name="static")
+    _install_handlers(app)
+    return app
+
+
+def _install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, error: ServiceError) -> JSONResponse:
+        body = {"detail": error.message}
+        if isinstance(error, UnknownWords):
+            body["unknown_words"] = error.words
+        return JSONResponse(body, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
+        return JSONResponse({"detail": "; ".join(problems), "errors": jsonable_encoder(error.errors())},
+                            status_code=422)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        label = getattr(route, "path", "unmatched")
+        app.state.metrics.requests.labels(label, str(response.status_code)).inc()
+        app.state.metrics.latency.labels(label).observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,51 @@
+"""Admin endpoints (bearer token): trigger a reindex, reload index versions, read build status."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app.deps import AdminDep, ServedDep, SettingsDep
+from indexer.build import BuildOptions, build_index
+from indexer.status import index_names, index_status, latest_build_source
+
+router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
+
+
+@router.post("/reindex", status_code=202, summary="Start an incremental (or full) reindex in the background")
+def reindex(request: Request, settings: SettingsDep, name: Annotated[str | None, Query()] = None,
+            full: bool = False) -> dict:
+    sessions = request.app.state.sessions
+    names = [name] if name else index_names(settings.index_dir, sessions)
+    jobs = request.app.state.admin_jobs
+
+    def run() -> None:
+        for each in names:
+            try:
+                gallery, encoder = latest_build_source(sessions, each)
+                report = build_index(gallery=gallery, encoder_spec=encoder, name=each, index_dir=settings.index_dir,
+                                     sessions=sessions, full=full, options=BuildOptions(progress=False,
+                                                                                         device=settings.device))
+                jobs[each] = report.summary()
+            except Exception as error:  # reported through /status; the server keeps serving
+                jobs[each] = f"failed: {type(error).__name__}: {error}"
+
+    for each in names:
+        jobs[each] = "running"
+    threading.Thread(target=run, name="admin-reindex", daemon=True).start()
+    return {"started": names}
+
+
+@router.post("/reload", summary="Load the current version of every index now")
+def reload(served: ServedDep) -> dict:
+    return {"versions": served.reload_all()}
+
+
+@router.get("/status", summary="Versions, counts and builds (running or failed) of every index")
+def status(request: Request, settings: SettingsDep) -> dict:
+    sessions = request.app.state.sessions
+    return {"indexes": [index_status(settings.index_dir, sessions, name).describe()
+                        for name in index_names(settings.index_dir, sessions)],
+            "jobs": dict(request.app.state.admin_jobs)}

@@ -1,0 +1,52 @@
+"""The browser search page. Text search (and id-based image and arithmetic queries) render on
+the server, so the page works without JavaScript; static/app.js adds uploads, paging and more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from app.deps import SearchDep, ServedDep
+from app.services.errors import ServiceError
+from app.services.search import QueryImage
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
+MODES = ("text", "image", "arith")
+
+
+@router.get("/", response_class=HTMLResponse)
+def search_page(request: Request, search: SearchDep, served: ServedDep,
+                mode: Annotated[str, Query()] = "text", q: str = "", id: int | None = None,
+                minus: Annotated[list[str], Query()] = (), plus: Annotated[list[str], Query()] = (),
+                k: Annotated[int, Query(ge=1, le=100)] = 24, index: str | None = None) -> HTMLResponse:
+    mode = mode if mode in MODES else "text"
+    context = {"mode": mode, "q": q, "id": id, "minus": list(minus), "plus": list(plus), "k": k,
+               "index": index, "response": None, "error": None, "about": _about(served)}
+    try:
+        if mode == "text" and q.strip():
+            context["response"] = search.text_to("image", q, k, index=index)
+        elif mode == "image" and id is not None:
+            context["response"] = search.image_to("caption", QueryImage(image_id=id), k, index=index)
+        elif mode == "arith" and id is not None and (minus or plus):
+            context["response"] = search.arithmetic(QueryImage(image_id=id), list(minus), list(plus), k,
+                                                    index=index)
+    except ServiceError as error:
+        context["error"] = error.message
+        return templates.TemplateResponse(request, "index.html", context, status_code=error.status_code)
+    return templates.TemplateResponse(request, "index.html", context)
+
+
+def _about(served) -> dict:
+    try:
+        current = served.get(None)
+    except ServiceError as error:
+        return {"error": error.message}
+    manifest = current.version.manifest
+    return {"index": current.name, "version": manifest["version"], "encoder": manifest["encoder_name"],
+            "images": manifest["image_count"], "captions": manifest["caption_count"],
+            "built_at": manifest["built_at"][:19].replace("T", " "), "served": served.names}

@@ -1,0 +1,100 @@
+"""Request and response bodies of the REST API (OpenAPI documents them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MAX_K = 100
+MAX_OFFSET = 1000
+
+
+class ImageRef(BaseModel):
+    id: int
+    path: str
+    thumbnail_url: str
+
+
+class ImageHit(ImageRef):
+    score: float = Field(description="cosine similarity to the query (inner product of unit vectors)")
+    captions: list[str]
+
+
+class CaptionHit(BaseModel):
+    id: int
+    text: str
+    source: str
+    score: float
+    image: ImageRef
+
+
+class SearchResponse(BaseModel):
+    index: str = Field(description="the index (and so the encoder) that answered")
+    version: int
+    encoder: str
+    mode: str
+    k: int
+    offset: int
+    results: list[ImageHit] | list[CaptionHit]
+    warnings: list[str] = Field(default_factory=list, description="e.g. query words the encoder does not know")
+
+
+class TextQuery(BaseModel):
+    text: str
+    k: int = Field(10, ge=1, le=MAX_K)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    min_score: float | None = Field(None, ge=-1, le=1)
+    index: str | None = None
+
+
+class Term(BaseModel):
+    """One term of a query: a text, a gallery image id, or the i-th uploaded file; with a weight
+    (negative to subtract)."""
+
+    text: str | None = None
+    image_id: int | None = None
+    upload: int | None = Field(None, ge=0, description="index into the uploaded files (multipart)")
+    weight: float = Field(1.0, ge=-10, le=10)
+
+
+class ComposeQuery(BaseModel):
+    terms: list[Term] = Field(min_length=1, max_length=16)
+    target: Literal["image", "caption"] = "image"
+    k: int = Field(10, ge=1, le=MAX_K)
+    offset: int = Field(0, ge=0, le=MAX_OFFSET)
+    min_score: float | None = Field(None, ge=-1, le=1)
+    rerank_top: int | None = Field(None, ge=2, le=1000)
+    index: str | None = None
+
+
+class EmbedResponse(BaseModel):
+    index: str
+    encoder: str
+    dim: int
+    embedding: list[float]
+
+
+class ImageDetail(ImageRef):
+    width: int
+    height: int
+    content_hash: str
+    captions: list[str]
+
+
+class IndexStats(BaseModel):
+    name: str
+    version: int
+    encoder: str
+    checkpoint_hash: str
+    images: int
+    captions: int
+    image_index: str
+    caption_index: str
+    built_at: str
+
+
+class Stats(BaseModel):
+    default_index: str | None
+    device: str
+    indexes: list[IndexStats]

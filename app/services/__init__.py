@@ -1,0 +1,1 @@
+"""The service layer: plain Python the routes call (testable without HTTP)."""

@@ -1,0 +1,190 @@
+"""The search service: queries become vectors, vectors become ranked, hydrated results.
+
+Every query is reduced to one L2-normalised vector (a text, an image, or a weighted sum of
+several: image - word + word is the common case, after Kiros et al. 2014), searched in the image
+or the caption index of one served encoder, then joined with the catalogue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.schemas import CaptionHit, ImageHit, ImageRef, SearchResponse
+from app.services import catalogue_queries as queries
+from app.services.errors import BadQuery, NotFound, UnknownWords
+from app.services.served import Served, ServedIndexes
+
+
+@dataclass
+class QueryImage:
+    """An image query: an uploaded (decoded) image or the id of a gallery image."""
+
+    image: Image.Image | None = None
+    image_id: int | None = None
+
+
+@dataclass
+class WeightedTerm:
+    weight: float
+    text: str | None = None
+    image: QueryImage | None = None
+
+
+def thumbnail_url(image_id: int) -> str:
+    return f"/images/{image_id}/thumb"
+
+
+def normalise(vector: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(vector))
+    if norm < 1e-6:
+        raise BadQuery("the query terms cancel out (their weighted sum is the zero vector)")
+    return (vector / norm).astype(np.float32)
+
+
+class SearchService:
+    def __init__(self, served: ServedIndexes, sessions: sessionmaker[Session], max_query_chars: int = 500):
+        self.served, self.sessions, self.max_query_chars = served, sessions, max_query_chars
+
+    # --- queries to vectors --------------------------------------------------------------------
+    def check_text(self, text: str) -> str:
+        cleaned = " ".join(text.split())
+        if not cleaned:
+            raise BadQuery("the query text is empty")
+        if len(cleaned) > self.max_query_chars:
+            raise BadQuery(f"the query text is {len(cleaned)} characters; the limit is {self.max_query_chars}")
+        if "\ufffd" in cleaned:
+            raise BadQuery("the query text is not valid UTF-8")
+        return cleaned
+
+    def text_vector(self, served: Served, text: str) -> tuple[np.ndarray, list[str]]:
+        text = self.check_text(text)
+        unknown = served.encoder.unknown_words(text)
+        warnings = [f"unknown word(s) ignored by {served.encoder.name}: {', '.join(unknown)}"] if unknown else []
+        return served.encoder.encode_text([text])[0].cpu().numpy(), warnings
+
+    def image_vector(self, served: Served, query: QueryImage) -> np.ndarray:
+        if query.image is not None:
+            return served.encoder.encode_image([query.image])[0].cpu().numpy()
+        if query.image_id is None:
+            raise BadQuery("give an image: an upload or a gallery image id")
+        vector = served.version.image_vector(query.image_id)
+        if vector is None:
+            raise NotFound(f"image {query.image_id} is not in index {served.name!r}")
+        return vector
+
+    def combine(self, served: Served, terms: list[WeightedTerm], strict_words: bool) -> tuple[np.ndarray, list[str]]:
+        """sum_i w_i * v_i over the terms' normalised vectors, re-normalised."""
+        total = np.zeros(served.encoder.embed_dim, np.float32)
+        warnings: list[str] = []
+        for term in terms:
+            if term.text is not None:
+                unknown = served.encoder.unknown_words(term.text)
+                if unknown and strict_words:
+                    raise UnknownWords(unknown)
+                vector, notes = self.text_vector(served, term.text)
+                warnings += notes
+            elif term.image is not None:
+                vector = self.image_vector(served, term.image)
+            else:
+                raise BadQuery("each term needs a text, an image id or an upload")
+            total += term.weight * vector
+        return normalise(total), warnings
+
+    # --- the modes -----------------------------------------------------------------------------
+    def text_to(self, target: str, text: str, k: int, offset: int = 0, min_score: float | None = None,
+                index: str | None = None) -> SearchResponse:
+        served = self.served.get(index)
+        vector, warnings = self.text_vector(served, text)
+        return self._respond(served, f"text->{target}", target, vector, k, offset, min_score, warnings)
+
+    def image_to(self, target: str, query: QueryImage, k: int, offset: int = 0, min_score: float | None = None,
+                 index: str | None = None) -> SearchResponse:
+        served = self.served.get(index)
+        vector = self.image_vector(served, query)
+        exclude = {query.image_id} if query.image_id is not None and target == "image" else set()
+        return self._respond(served, f"image->{target}", target, vector, k, offset, min_score, [], exclude)
+
+    def arithmetic(self, query: QueryImage, minus: list[str], plus: list[str], k: int, offset: int = 0,
+                   min_score: float | None = None, minus_weight: float = 1.0, plus_weight: float = 1.0,
+                   rerank_top: int | None = None, index: str | None = None) -> SearchResponse:
+        """image - sum(minus words) + sum(plus words), normalised; words the encoder does not know
+        are refused (422 naming them): silently dropping one would answer a different question."""
+        terms = [WeightedTerm(1.0, image=query)]
+        terms += [WeightedTerm(-minus_weight, text=w) for w in minus]
+        terms += [WeightedTerm(plus_weight, text=w) for w in plus]
+        return self.compose(terms, "image", k, offset, min_score, rerank_top, index, strict_words=True,
+                            exclude_ids={query.image_id} if query.image_id is not None else set())
+
+    def compose(self, terms: list[WeightedTerm], target: str, k: int, offset: int = 0,
+                min_score: float | None = None, rerank_top: int | None = None, index: str | None = None,
+                strict_words: bool = False, exclude_ids: set[int] | None = None) -> SearchResponse:
+        served = self.served.get(index)
+        vector, warnings = self.combine(served, terms, strict_words)
+        return self._respond(served, f"compose->{target}", target, vector, k, offset, min_score, warnings,
+                             exclude_ids or set(), rerank_top)
+
+    def embed(self, text: str | None, image: QueryImage | None, index: str | None = None) -> tuple[Served, np.ndarray]:
+        served = self.served.get(index)
+        if (text is None) == (image is None):
+            raise BadQuery("give exactly one of a text or an image")
+        vector = self.text_vector(served, text)[0] if text is not None else self.image_vector(served, image)
+        return served, vector
+
+    # --- vectors to results --------------------------------------------------------------------
+    def _respond(self, served: Served, mode: str, target: str, vector: np.ndarray, k: int, offset: int,
+                 min_score: float | None, warnings: list[str], exclude: set[int] | None = None,
+                 rerank_top: int | None = None) -> SearchResponse:
+        wanted = offset + k + len(exclude or ()) + 8  # slack for rows deleted since the build
+        if rerank_top:
+            wanted = max(wanted, rerank_top)
+        scores, ids = served.version.search(target, vector[None, :], wanted)
+        scores, ids = scores[0], ids[0]
+        keep = ids >= 0
+        scores, ids = scores[keep], ids[keep]
+        if rerank_top and target == "image":
+            scores, ids = self._rerank_by_centroid(served, vector, scores[:rerank_top], ids[:rerank_top])
+        hits = self._hydrate_images(ids, scores, exclude or set()) if target == "image" else \
+            self._hydrate_captions(ids, scores)
+        if min_score is not None:
+            hits = [hit for hit in hits if hit.score >= min_score]
+        return SearchResponse(index=served.name, version=served.version.version.version,
+                              encoder=served.encoder.name, mode=mode, k=k, offset=offset,
+                              results=hits[offset:offset + k], warnings=warnings)
+
+    @staticmethod
+    def _rerank_by_centroid(served: Served, query: np.ndarray, scores: np.ndarray, ids: np.ndarray
+                            ) -> tuple[np.ndarray, np.ndarray]:
+        """Kiros et al.'s re-ranking: order the top N by similarity to their own centroid. The
+        reported score stays the similarity to the query."""
+        if len(ids) < 2:
+            return scores, ids
+        vectors = served.version.image_vectors(ids)
+        centroid = normalise(vectors.mean(axis=0))
+        order = np.argsort(-(vectors @ centroid), kind="stable")
+        return scores[order], ids[order]
+
+    def _hydrate_images(self, ids: np.ndarray, scores: np.ndarray, exclude: set[int]) -> list[ImageHit]:
+        with self.sessions() as session:
+            rows = queries.images_by_id(session=session, image_ids=ids.tolist())
+        return [ImageHit(id=int(i), path=rows[int(i)].path, thumbnail_url=thumbnail_url(int(i)), score=float(s),
+                         captions=list(rows[int(i)].captions))
+                for i, s in zip(ids, scores, strict=True) if int(i) in rows and int(i) not in exclude]
+
+    def _hydrate_captions(self, ids: np.ndarray, scores: np.ndarray) -> list[CaptionHit]:
+        with self.sessions() as session:
+            captions = queries.captions_by_id(session=session, caption_ids=ids.tolist())
+            images = queries.images_by_id(session=session, image_ids=[c.image_id for c in captions.values()])
+        hits = []
+        for caption_id, score in zip(ids, scores, strict=True):
+            caption = captions.get(int(caption_id))
+            if caption is None or caption.image_id not in images:
+                continue
+            image = images[caption.image_id]
+            hits.append(CaptionHit(id=caption.id, text=caption.text, source=caption.source, score=float(score),
+                                   image=ImageRef(id=image.id, path=image.path,
+                                                  thumbnail_url=thumbnail_url(image.id))))
+        return hits
