@@ -1,0 +1,226 @@
+"""Every REST endpoint, and every bad input: a clear 4xx, nothing written, the server still up."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from app.main import create_app
+from tests.app.conftest import ADMIN_TOKEN, make_settings, png_bytes
+
+
+def _catalogue_state(dirs) -> tuple:
+    import sqlite3
+
+    with sqlite3.connect(dirs["root"] / "catalogue.db") as db:
+        counts = tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                       for t in ("images", "captions", "index_versions", "index_entries"))
+    files = sorted(str(p.relative_to(dirs["root"])) for p in dirs["root"].rglob("*")
+                   if p.is_file() and ".thumbnails" not in p.parts and p.suffix not in (".db-wal", ".db-shm"))
+    return counts, files
+
+
+# --- searches ---------------------------------------------------------------------------------
+def test_text_to_image_and_text_to_text(client):
+    response = client.get("/api/search/text", params={"q": "a small red circle", "k": 5})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["index"] == "tiny" and body["mode"] == "text->image" and len(body["results"]) == 5
+    first = body["results"][0]
+    assert {"id", "thumbnail_url", "score", "captions", "path"} <= set(first)
+    scores = [hit["score"] for hit in body["results"]]
+    assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    captions = client.get("/api/search/text", params={"q": "a small red circle", "target": "caption"}).json()
+    assert captions["mode"] == "text->caption" and {"text", "image", "score"} <= set(captions["results"][0])
+
+
+def test_paging_and_min_score(client):
+    first = client.get("/api/search/text", params={"q": "a blue square", "k": 4}).json()["results"]
+    second = client.get("/api/search/text", params={"q": "a blue square", "k": 4, "offset": 4}).json()["results"]
+    everything = client.get("/api/search/text", params={"q": "a blue square", "k": 8}).json()["results"]
+    assert [h["id"] for h in first + second] == [h["id"] for h in everything]
+    cut = everything[3]["score"]
+    kept = client.get("/api/search/text", params={"q": "a blue square", "k": 40, "min_score": cut}).json()
+    assert kept["results"] and all(h["score"] >= cut for h in kept["results"])
+
+
+def test_image_to_text_by_id_and_by_upload(client, gallery_ids):
+    by_id = client.get("/api/search/image", params={"image_id": gallery_ids[0], "k": 3})
+    assert by_id.status_code == 200 and by_id.json()["mode"] == "image->caption"
+    upload = client.post("/api/search/image", files={"file": ("q.png", png_bytes(), "image/png")}, data={"k": 3})
+    assert upload.status_code == 200 and len(upload.json()["results"]) == 3
+    more_like = client.get("/api/search/image", params={"image_id": gallery_ids[0], "target": "image", "k": 5})
+    assert gallery_ids[0] not in [h["id"] for h in more_like.json()["results"]]  # not the query itself
+
+
+def test_arithmetic_get_post_and_rerank(client, gallery_ids):
+    params = {"image_id": gallery_ids[0], "minus": ["red"], "plus": ["blue"], "k": 5}
+    got = client.get("/api/search/arithmetic", params=params)
+    assert got.status_code == 200 and got.json()["mode"] == "compose->image"
+    posted = client.post("/api/search/arithmetic", data={"image_id": gallery_ids[0], "minus": "red", "plus": "blue",
+                                                         "k": 5})
+    assert [h["id"] for h in posted.json()["results"]] == [h["id"] for h in got.json()["results"]]
+    upload = client.post("/api/search/arithmetic", files={"file": ("q.png", png_bytes(), "image/png")},
+                         data={"minus": "red", "plus": "green", "k": 5, "rerank_top": 12})
+    assert upload.status_code == 200 and len(upload.json()["results"]) == 5
+    unknown = client.get("/api/search/arithmetic", params={"image_id": gallery_ids[0], "plus": ["zebra"]})
+    assert unknown.status_code == 422 and unknown.json()["unknown_words"] == ["zebra"]
+
+
+def test_arithmetic_is_the_normalised_sum_of_normalised_vectors(client, gallery_ids):
+    import numpy as np
+
+    def embed(**data):
+        return np.array(client.post("/api/embed", data=data).json()["embedding"])
+
+    image = np.array(client.post("/api/embed", files={"file": ("q.png", png_bytes(), "image/png")}).json()["embedding"])
+    query = image - embed(text="red") + embed(text="blue")
+    query /= np.linalg.norm(query)
+    response = client.post("/api/search/arithmetic", files={"file": ("q.png", png_bytes(), "image/png")},
+                           data={"minus": "red", "plus": "blue", "k": 5}).json()
+    stored = client.app.state.served.get("tiny").version
+    for hit in response["results"]:  # each score is <query, stored image vector>
+        assert hit["score"] == pytest.approx(float(stored.image_vector(hit["id"]) @ query), abs=1e-5)
+    everything = stored.image_vectors(stored.image_ids) @ query
+    assert response["results"][0]["score"] == pytest.approx(float(everything.max()), abs=1e-5)
+
+
+def test_compose_algebra_with_ids_texts_and_weights(client, gallery_ids):
+    query = {"terms": [{"text": "a circle", "weight": 2}, {"image_id": gallery_ids[1]}, {"text": "red", "weight": -1}],
+             "k": 4, "target": "caption"}
+    response = client.post("/api/search/compose", data={"query": json.dumps(query)})
+    assert response.status_code == 200 and response.json()["mode"] == "compose->caption"
+    bad = client.post("/api/search/compose", data={"query": json.dumps({"terms": [{"text": "x", "image_id": 1}]})})
+    assert bad.status_code == 400 and "exactly one" in bad.json()["detail"]
+    missing_upload = client.post("/api/search/compose", data={"query": json.dumps({"terms": [{"upload": 0}]})})
+    assert missing_upload.status_code == 400 and "0 file(s)" in missing_upload.json()["detail"]
+    cancel = client.post("/api/search/compose", data={"query": json.dumps({"terms": [
+        {"text": "red circle"}, {"text": "red circle", "weight": -1}]})})
+    assert cancel.status_code == 400 and "cancel out" in cancel.json()["detail"]
+    invalid = client.post("/api/search/compose", data={"query": "{not json"})
+    assert invalid.status_code == 422 and "invalid query" in invalid.json()["detail"]
+
+
+def test_embed_is_normalised(client):
+    body = client.post("/api/embed", data={"text": "a red circle"}).json()
+    assert body["dim"] == 32 and abs(sum(x * x for x in body["embedding"]) - 1) < 1e-4
+    assert client.post("/api/embed", data={}).status_code == 400
+
+
+def test_image_detail_thumbnail_health_stats_metrics(client, gallery_ids):
+    detail = client.get(f"/api/images/{gallery_ids[0]}").json()
+    assert detail["width"] == 32 and len(detail["captions"]) == 5
+    thumb = client.get(detail["thumbnail_url"])
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumb.content)).size == (32, 32)
+    assert client.get("/api/health").json() == {"status": "ok", "indexes": ["tiny"]}
+    stats = client.get("/api/stats").json()
+    assert stats["indexes"][0]["images"] == 40 and stats["indexes"][0]["captions"] == 200
+    assert stats["default_index"] == "tiny" and stats["device"] == "cpu"
+    metrics = client.get("/metrics").text
+    assert 'imgsearch_requests_total{route="/api/stats",status="200"}' in metrics
+    assert client.get("/openapi.json").json()["paths"]["/api/search/text"]
+
+
+# --- bad input: a clear 4xx, nothing written, the server stays up -----------------------------
+BOMB = io.BytesIO()
+Image.new("1", (20000, 20000)).save(BOMB, "PNG")
+_noisy = io.BytesIO()
+Image.effect_noise((64, 64), 60).convert("RGB").save(_noisy, "PNG")
+NOISY = _noisy.getvalue()
+
+
+@pytest.mark.parametrize("request_args, status, message", [
+    (("get", "/api/search/text", {"params": {"q": "   "}}), 400, "empty"),
+    (("get", "/api/search/text", {"params": {"q": "x" * 201}}), 400, "limit is 200"),
+    (("get", "/api/search/text?q=%ff%fe", {}), 400, "not valid UTF-8"),
+    (("get", "/api/search/text", {"params": {"q": "a", "k": -1}}), 422, "greater than or equal to 1"),
+    (("get", "/api/search/text", {"params": {"q": "a", "k": 10**9}}), 422, "less than or equal to 100"),
+    (("get", "/api/search/text", {"params": {"q": "a", "offset": -5}}), 422, "offset"),
+    (("get", "/api/search/text", {"params": {"q": "a", "index": "nope"}}), 404, "unknown encoder/index 'nope'"),
+    (("get", "/api/search/image", {"params": {"image_id": 999999}}), 404, "image 999999 is not in index"),
+    (("get", "/api/images/999999", {}), 404, "no image with id 999999"),
+    (("get", "/images/999999/thumb", {}), 404, "no image"),
+    (("get", "/images/..%2F..%2Fetc%2Fpasswd/thumb", {}), 404, ""),
+    (("get", "/api/images/..%2Fcatalogue.db", {}), 404, ""),
+    (("get", "/api/images/catalogue.db", {}), 422, "integer"),
+    (("get", "/static/..%2F..%2Fpyproject.toml", {}), 404, ""),
+    (("post", "/api/search/image", {"files": {"file": ("a.png", b"", "image/png")}}), 400, "empty"),
+    (("post", "/api/search/image", {"files": {"file": ("a.txt", b"hello there", "text/plain")}}), 415, "not an image"),
+    (("post", "/api/search/image", {"files": {"file": ("a.png", NOISY[: len(NOISY) // 2], "image/png")}}), 400,
+     "truncated"),
+    (("post", "/api/search/image", {"files": {"file": ("a.png", b"\x89PNG" + b"0" * 300_000, "image/png")}}), 413,
+     "limit is 200,000"),
+    (("post", "/api/search/image", {"files": {"file": ("b.png", BOMB.getvalue(), "image/png")}}), 413, "too large"),
+    (("post", "/api/search/image", {"data": {}}), 400, "exactly one"),
+])
+def test_bad_input_is_refused_clearly_and_writes_nothing(client, app_dirs, request_args, status, message):
+    before = _catalogue_state(app_dirs)
+    method, url, kwargs = request_args
+    response = getattr(client, method)(url, **kwargs)
+    assert response.status_code == status, response.text
+    if message:
+        assert message in response.json()["detail"]
+    assert _catalogue_state(app_dirs) == before
+    assert client.get("/api/health").status_code == 200  # still serving
+
+
+def test_text_query_with_unknown_words_warns(client):
+    body = client.get("/api/search/text", params={"q": "a red zebra"}).json()
+    assert body["warnings"] and "zebra" in body["warnings"][0]
+
+
+# --- admin -------------------------------------------------------------------------------------
+def test_admin_needs_the_right_token(client):
+    assert client.get("/api/admin/status").status_code == 401
+    assert client.get("/api/admin/status", headers={"Authorization": "Bearer wrong"}).status_code == 403
+    ok = client.get("/api/admin/status", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert ok.status_code == 200 and "tiny: version 1" in ok.json()["indexes"][0]
+    reload = client.post("/api/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert reload.json() == {"versions": {"tiny": 1}}
+
+
+def test_admin_disabled_without_a_configured_token(app_dirs):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(make_settings(app_dirs, admin_token=None))) as client:
+        response = client.post("/api/admin/reload", headers={"Authorization": "Bearer anything"})
+        assert response.status_code == 403 and "disabled" in response.json()["detail"]
+
+
+def test_admin_reindex_runs_in_the_background(client):
+    import time
+
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    assert client.post("/api/admin/reindex", headers=headers).json() == {"started": ["tiny"]}
+    for _ in range(100):
+        jobs = client.get("/api/admin/status", headers=headers).json()["jobs"]
+        if jobs["tiny"] != "running":
+            break
+        time.sleep(0.1)
+    assert "up to date" in jobs["tiny"]
+
+
+def test_a_new_version_is_served_without_restart(client, app_dirs):
+    from indexer.build import BuildOptions, build_index
+    from indexer.db import session_factory
+
+    assert client.get("/api/stats").json()["indexes"][0]["version"] == 1
+    build_index(gallery=str(app_dirs["gallery"]), encoder_spec=str(app_dirs["checkpoint"]), name="tiny",
+                index_dir=app_dirs["index_dir"], sessions=session_factory(app_dirs["url"]), full=True,
+                options=BuildOptions(progress=False, workers=0))
+    assert client.get("/api/stats").json()["indexes"][0]["version"] == 2
+    assert client.get("/api/search/text", params={"q": "a red circle"}).json()["version"] == 2
+
+
+def test_no_index_yet_is_a_503(tmp_path):
+    from fastapi.testclient import TestClient
+
+    settings = make_settings({"url": f"sqlite:///{tmp_path / 'c.db'}", "index_dir": tmp_path / "none"})
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/api/search/text", params={"q": "a"})
+        assert response.status_code == 503 and "no index is built yet" in response.json()["detail"]
+        assert client.get("/").status_code == 200  # the page still renders, with the reason
