@@ -232,18 +232,35 @@ def demo(
     out: Annotated[Path, typer.Option(help="working folder for the demo")] = Path("demo"),
     count: Annotated[int, typer.Option(help="number of synthetic scenes")] = 3000,
     epochs: int = 10,
+    port: int = 8000,
+    serve_page: Annotated[bool, typer.Option("--serve/--no-serve", help="serve the page at the end")] = True,
 ) -> None:
-    """Offline demo: generate a synthetic gallery, train a small VSE++ on it, evaluate it."""
+    """Offline demo: generate a synthetic gallery, train a small VSE++, index it, serve the page."""
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+    from indexer.build import BuildOptions, build_index
+    from indexer.db import session_factory
     from models.data import generate_scenes
     from models.training import TrainConfig, train
 
-    typer.echo(f"[1/2] generating {count} synthetic scenes in {out / 'scenes'}")
+    typer.echo(f"[1/4] generating {count} synthetic scenes in {out / 'scenes'}")
     dataset = generate_scenes(out / "scenes", count, seed=0, image_size=64)
-    typer.echo("[2/2] training a small VSE++ (ResNet-18 at 64 px + GRU)")
+    typer.echo("[2/4] training a small VSE++ (ResNet-18 at 64 px + GRU)")
     config = TrainConfig.from_dict(DEMO_TRAINING, data=str(dataset), out_dir=str(out / "run"), epochs=epochs)
     result = train(config)
     typer.echo(result.best_metrics.table() if result.best_metrics else "no epoch finished")
-    typer.echo(f"model: {result.best_checkpoint}; metrics plot: {out / 'run' / 'metrics.png'}")
+    typer.echo("[3/4] indexing the gallery")
+    settings = Settings(database_url=f"sqlite:///{(out / 'catalogue.db').resolve()}",
+                        index_dir=(out / "indexes").resolve(), default_index="demo")
+    report = build_index(gallery=str(out / "scenes"), encoder_spec=str(result.best_checkpoint), name="demo",
+                         index_dir=settings.index_dir, sessions=session_factory(settings.database_url),
+                         options=BuildOptions())
+    typer.echo(report.summary())
+    if serve_page:
+        typer.echo(f"[4/4] the search page is at http://127.0.0.1:{port}/  (Ctrl-C stops it)")
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port)
 
 
 if __name__ == "__main__":
