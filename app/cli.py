@@ -73,6 +73,12 @@ def train_command(
     image_size: int | None = None, seed: int | None = None,
     time_budget_minutes: Annotated[float | None, typer.Option(help="stop after this much training")] = None,
     device: Annotated[str | None, typer.Option(help="auto (CUDA when present), cpu or cuda")] = None,
+    lr_schedule: Annotated[str | None, typer.Option(help="cosine, step or constant")] = None,
+    weight_decay: float | None = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="random crops")] = None,
+    hflip: Annotated[bool | None, typer.Option("--hflip/--no-hflip", help="random horizontal flips")] = None,
+    init_from: Annotated[str | None, typer.Option(help="start from this checkpoint's weights")] = None,
+    workers: int | None = None,
     resume: Annotated[bool, typer.Option(help="continue from out_dir's last checkpoint")] = False,
 ) -> None:
     """Train an encoder; checkpoints every epoch, keeps the best by validation rsum."""
@@ -80,7 +86,8 @@ def train_command(
 
     overrides = {"data": data, "model": model, "out_dir": out_dir, "epochs": epochs, "batch_size": batch_size,
                  "lr": lr, "image_size": image_size, "seed": seed, "time_budget_minutes": time_budget_minutes,
-                 "device": device}
+                 "device": device, "lr_schedule": lr_schedule, "weight_decay": weight_decay, "augment": augment,
+                 "hflip": hflip, "init_from": init_from, "workers": workers}
     settings = TrainConfig.from_file(config, **overrides) if config else TrainConfig.from_dict({}, **overrides)
     if not settings.data and not resume:
         raise ValueError("no dataset: give --data or set data in the config")
