@@ -53,7 +53,7 @@ class Term(BaseModel):
     (negative to subtract)."""
 
     text: str | None = None
-    image_id: int | None = None
+    image_id: int | None = Field(None, ge=1, le=2**62)
     upload: int | None = Field(None, ge=0, description="index into the uploaded files (multipart)")
     weight: float = Field(1.0, ge=-10, le=10)
 

@@ -8,7 +8,6 @@ leaves the previous version serving and its temporary directory is removed.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from indexer import faiss_index, store
 from indexer.catalogue import CaptionRow, ImageRow, IndexEntry, IndexVersion, utc_now
@@ -127,18 +126,33 @@ def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
         if previous is not None and changes.nothing_to_do and not full:
             return BuildReport(name, "up-to-date", previous.version, changes=changes.summary(),
                                skipped=changes.missing, seconds=time.perf_counter() - started)
-        version = _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash)
-        temporary = store.start_build(index_dir, name)
+        version = _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash,
+                                  store.versions_on_disk(index_dir, name))
+        stage = _Stage(store.start_build(index_dir, name))
         try:
-            report = _build_version(sessions, version, temporary, changes, previous, encoder, gallery_key,
+            report = _build_version(sessions, version, stage, changes, previous, encoder, gallery_key,
                                     index_dir, name, options)
-        except BaseException as error:  # Ctrl-C included: clean up, record, re-raise
-            store.abandon_build(temporary)
-            _mark_failed(sessions, version, f"{type(error).__name__}: {error}")
+        except BaseException as error:  # Ctrl-C included: undo what is not committed, record, re-raise
+            if not stage.committed:
+                store.abandon_build(stage.temporary)
+                if stage.published is not None:
+                    store.abandon_build(stage.published)
+                _mark_failed(sessions, version, f"{type(error).__name__}: {error}")
+            # Committed but not switched: the catalogue says the new version is active, and the
+            # next build (reconcile) points CURRENT at it; until then the previous one serves.
             raise
         store.remove_old_versions(index_dir, name, keep=options.keep_versions)
     report.seconds = time.perf_counter() - started
     return report
+
+
+@dataclass
+class _Stage:
+    """How far a build got, so a failure undoes exactly what is not yet committed."""
+
+    temporary: Path
+    published: Path | None = None
+    committed: bool = False
 
 
 def _known_images(sessions: sessionmaker[Session], previous: store.StoredVersion | None) -> dict[str, KnownImage]:
@@ -149,17 +163,22 @@ def _known_images(sessions: sessionmaker[Session], previous: store.StoredVersion
     known: dict[str, KnownImage] = {}
     with sessions() as session:
         for start in range(0, len(ids), 5000):
-            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids[start:start + 5000]))).all()
+            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids[start:start + 5000]))
+                                   .options(selectinload(ImageRow.captions))).all()
             for row in rows:
                 captions = tuple(c.text for c in row.captions if c.source == "human")
                 known[row.path] = KnownImage(row.id, row.file_size, row.file_mtime_ns, row.content_hash, captions)
     return known
 
 
-def _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash) -> IndexVersion:
+def _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash,
+                    on_disk: list[int]) -> IndexVersion:
+    """A 'building' row with the next version number: past both the catalogue's and the disk's, so a
+    fresh catalogue over an old INDEX_DIR never reuses (and overwrites) a version directory."""
     with sessions() as session, session.begin():
         latest = session.scalar(select(func.max(IndexVersion.version)).where(IndexVersion.index_name == name))
-        row = IndexVersion(index_name=name, version=(latest or 0) + 1, status="building", gallery=gallery_key,
+        number = max(latest or 0, max(on_disk, default=0)) + 1
+        row = IndexVersion(index_name=name, version=number, status="building", gallery=gallery_key,
                            encoder_name=encoder.name, encoder_path=encoder_path, checkpoint_hash=checkpoint_hash,
                            embed_dim=encoder.embed_dim)
         session.add(row)
@@ -168,7 +187,8 @@ def _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoi
 
 def _mark_failed(sessions, version: IndexVersion, message: str) -> None:
     with sessions() as session, session.begin():
-        session.execute(update(IndexVersion).where(IndexVersion.id == version.id).values(
+        session.execute(update(IndexVersion).where(IndexVersion.id == version.id,
+                                                   IndexVersion.status == "building").values(
             status="failed", message=message[:2000], finished_at=utc_now()))
 
 
@@ -181,13 +201,18 @@ def reconcile(index_dir: Path, name: str, sessions: sessionmaker[Session]) -> No
                         .values(status="failed", message="interrupted", finished_at=utc_now()))
         active = session.scalar(select(IndexVersion.version).where(IndexVersion.index_name == name,
                                                                    IndexVersion.status == "active"))
-    current = store.current_version(index_dir, name)
-    if active is not None and (current is None or current.version != active):
-        with contextlib.suppress(FileNotFoundError):  # its directory is gone: keep serving what CURRENT names
-            store.switch_current(index_dir, name, active)
+    try:
+        current = store.current_version(index_dir, name)
+    except FileNotFoundError:  # CURRENT names a directory that is gone (e.g. lost in a power cut)
+        current = None
+    complete = store.versions_on_disk(index_dir, name)
+    if active is not None and active in complete and (current is None or current.version != active):
+        store.switch_current(index_dir, name, active)
+    elif current is None and complete and store.pointer_stamp(index_dir, name) is not None:
+        store.switch_current(index_dir, name, complete[-1])  # dangling CURRENT: the newest complete version
 
 
-def _build_version(sessions, version: IndexVersion, temporary: Path, changes: GalleryChanges,
+def _build_version(sessions, version: IndexVersion, stage: _Stage, changes: GalleryChanges,
                    previous: store.StoredVersion | None, encoder: Encoder, gallery_key: str, index_dir: Path,
                    name: str, options: BuildOptions) -> BuildReport:
     to_encode = changes.new + [scanned for scanned, _ in changes.changed]
@@ -197,15 +222,15 @@ def _build_version(sessions, version: IndexVersion, temporary: Path, changes: Ga
     with sessions() as session, session.begin():
         image_rows = _write_image_rows(session, gallery_key, to_encode, encoded, changes)
         kept = _reused(changes)
-        captions = _write_caption_rows(session, to_encode, image_rows, changes)
-        arrays = _assemble(previous, encoder, image_rows, encoded, kept, captions, options.progress)
-        manifest = _write_version_files(temporary, arrays, version, encoder, options)
-        published = store.publish(index_dir, name, temporary, version.version)
+        captions, recaptioned = _write_caption_rows(session, to_encode, image_rows, changes, previous)
+        arrays = _assemble(previous, encoder, image_rows, encoded, kept, captions, recaptioned, options.progress)
+        manifest = _write_version_files(stage.temporary, arrays, version, encoder, options)
+        published = store.publish(index_dir, name, stage.temporary, version.version)
+        stage.published = published.directory
         _record_entries(session, version, arrays)
         removed_ids = [k.row_id for _, k in changes.removed]
         removed_ids += [k.row_id for s, k in changes.changed if s.record.image_id not in image_rows]
-        if removed_ids:
-            session.execute(delete(ImageRow).where(ImageRow.id.in_(removed_ids)))
+        _delete_unshared_images(session, name, removed_ids)
         session.execute(update(IndexVersion).where(IndexVersion.index_name == name, IndexVersion.status == "active")
                         .values(status="superseded"))
         session.execute(update(IndexVersion).where(IndexVersion.id == version.id).values(
@@ -214,10 +239,25 @@ def _build_version(sessions, version: IndexVersion, temporary: Path, changes: Ga
             image_index_type=manifest["image_index"]["factory"],
             caption_index_type=manifest["caption_index"]["factory"], finished_at=utc_now(),
             build_seconds=manifest["build_seconds"]))
+    stage.committed = True
     store.switch_current(index_dir, name, version.version)
     return BuildReport(name, "built", version.version, len(arrays["image_ids"]), len(arrays["caption_ids"]),
                        len(encoded.kept), len(kept), len(removed_ids), changes.summary(), manifest["image_index"],
                        manifest["caption_index"], skipped, 0.0, encoded.images_per_second)
+
+
+def _delete_unshared_images(session: Session, name: str, image_ids: list[int]) -> None:
+    """Delete the rows of images that left this index, unless another index's active version still
+    serves them (several encoders may index one gallery)."""
+    for start in range(0, len(image_ids), 5000):
+        chunk = image_ids[start:start + 5000]
+        shared = set(session.scalars(
+            select(IndexEntry.image_id).join(IndexVersion, IndexEntry.version_id == IndexVersion.id)
+            .where(IndexVersion.status == "active", IndexVersion.index_name != name, IndexEntry.image_id.in_(chunk))
+            .distinct()).all())
+        doomed = [i for i in chunk if i not in shared]
+        if doomed:
+            session.execute(delete(ImageRow).where(ImageRow.id.in_(doomed)))
 
 
 def _reused(changes: GalleryChanges) -> list[tuple[ScannedFile, KnownImage]]:
@@ -229,6 +269,7 @@ def _write_image_rows(session: Session, gallery_key: str, to_encode: list[Scanne
                       changes: GalleryChanges) -> dict[str, int]:
     """Insert or update the rows of encoded images; returns gallery path -> row id for them."""
     known_rows = {s.record.image_id: k.row_id for s, k in changes.changed}
+    known_rows.update(_existing_rows(session, gallery_key, [s.record.image_id for s in changes.new]))
     row_ids: dict[str, int] = {}
     for position, (width, height) in zip(encoded.kept, encoded.sizes, strict=True):
         scanned = to_encode[position]
@@ -251,32 +292,62 @@ def _write_image_rows(session: Session, gallery_key: str, to_encode: list[Scanne
     return row_ids
 
 
+def _existing_rows(session: Session, gallery_key: str, paths: list[str]) -> dict[str, int]:
+    """Rows another index (same gallery, another encoder) already made for these paths."""
+    found: dict[str, int] = {}
+    for start in range(0, len(paths), 5000):
+        found.update(session.execute(select(ImageRow.path, ImageRow.id).where(
+            ImageRow.gallery == gallery_key, ImageRow.path.in_(paths[start:start + 5000]))).all())
+    return found
+
+
 def _write_caption_rows(session: Session, to_encode: list[ScannedFile], image_rows: dict[str, int],
-                        changes: GalleryChanges) -> list[tuple[int, int, str]]:
-    """Replace the captions of encoded or re-captioned images; returns (caption id, image id, text)."""
-    targets = [(image_rows[s.record.image_id], s.record.captions) for s in to_encode
+                        changes: GalleryChanges, previous) -> tuple[list[tuple[int, int, str]], set[int]]:
+    """Write the captions of encoded, re-captioned, or (by another index) re-written images; returns
+    (caption id, image id, text) of the captions to encode, and the ids of those images."""
+    targets = [(image_rows[s.record.image_id], tuple(s.record.captions)) for s in to_encode
                if s.record.image_id in image_rows]
-    targets += [(known.row_id, scanned.record.captions) for scanned, known in changes.captions_changed]
+    targets += [(known.row_id, tuple(scanned.record.captions)) for scanned, known in changes.captions_changed]
+    targets += _captions_rewritten_elsewhere(session, previous, changes)
     written: list[tuple[int, int, str]] = []
     for image_id, texts in targets:
+        current = session.execute(select(CaptionRow.id, CaptionRow.text).where(
+            CaptionRow.image_id == image_id, CaptionRow.source == "human").order_by(CaptionRow.position)).all()
+        if tuple(text for _, text in current) == texts:  # identical rows (e.g. made by another index): keep them
+            written += [(caption_id, image_id, text) for caption_id, text in current]
+            continue
         session.execute(delete(CaptionRow).where(CaptionRow.image_id == image_id, CaptionRow.source == "human"))
         for position, text in enumerate(texts):
             row = CaptionRow(image_id=image_id, position=position, text=text, source="human")
             session.add(row)
             session.flush()
             written.append((row.id, image_id, text))
-    return written
+    return written, {image_id for image_id, _ in targets}
+
+
+def _captions_rewritten_elsewhere(session: Session, previous, changes: GalleryChanges) -> list[tuple[int, tuple]]:
+    """Reused images whose previous caption rows are gone: another index over the same gallery
+    replaced them. Their captions are taken (and encoded) afresh."""
+    if previous is None:
+        return []
+    caption_ids = [int(c) for c in previous.ids("caption")]
+    alive: set[int] = set()
+    for start in range(0, len(caption_ids), 5000):
+        alive.update(session.scalars(select(CaptionRow.id).where(
+            CaptionRow.id.in_(caption_ids[start:start + 5000]))).all())
+    stale_images = {int(i) for c, i in zip(caption_ids, previous.ids("caption_image"), strict=True) if c not in alive}
+    return [(known.row_id, tuple(scanned.record.captions)) for scanned, known in changes.unchanged
+            if known.row_id in stale_images]
 
 
 def _assemble(previous, encoder: Encoder, image_rows: dict[str, int], encoded, kept, captions,
-              progress: bool) -> dict[str, np.ndarray]:
+              recaptioned: set[int], progress: bool) -> dict[str, np.ndarray]:
     """The new version's vectors and id arrays: reused rows from the previous version plus new ones."""
     dim = encoder.embed_dim
     image_ids = [k.row_id for _, k in kept]
     image_vectors = [_rows_of(previous, "image", image_ids, dim)]
     new_image_ids = [image_rows[path] for path in image_rows]
     image_vectors.append(encoded.vectors)
-    recaptioned = {image_id for _, image_id, _ in captions}
     reused_captions = _previous_captions(previous, [i for i in image_ids if i not in recaptioned])
     caption_ids = [c for c, _ in reused_captions] + [c for c, _, _ in captions]
     caption_owner = [i for _, i in reused_captions] + [i for _, i, _ in captions]

@@ -18,11 +18,19 @@ class DatabaseError(RuntimeError):
     """The catalogue database cannot be reached or upgraded; the message says which and why."""
 
 
+def normalise_database_url(url: str) -> str:
+    """Heroku-style and plain `postgresql://` URLs use the installed psycopg (v3) driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
 def make_engine(url: str) -> Engine:
     """An engine for `url`; SQLite gets foreign keys on and its parent folder created."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, pool_pre_ping=True)
+    engine = create_engine(normalise_database_url(url), pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -53,7 +61,7 @@ def upgrade_database(url: str, revision: str = "head") -> None:
     check_connection(make_engine(url))
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", normalise_database_url(url).replace("%", "%%"))
     command.upgrade(config, revision)
 
 

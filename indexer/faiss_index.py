@@ -70,7 +70,9 @@ def choose_index(n: int, dim: int, memory_budget: int | None = None, kind: str =
         raise ValueError(f"unknown index type {kind!r}: expected auto, flat, hnsw or ivfpq")
     nlist = max(1, min(2 ** round(math.log2(4 * math.sqrt(max(n, 1)))), n // 39 or 1))
     sub = next(m for m in (dim // 8, dim // 4, dim // 2, dim) if m and dim % m == 0)
-    refine = estimated_bytes("ivfpq", n, dim, refine=True) <= budget
+    # Exact re-ranking keeps the full vectors in RAM beside the codes; not offered on GPU, where the
+    # refine wrapper cannot be cloned to the device.
+    refine = not gpu and estimated_bytes("ivfpq", n, dim, refine=True) <= budget
     return IndexChoice("ivfpq", f"IVF{nlist},PQ{sub}x8", refine=refine, params={"nprobe": 16})
 
 
@@ -101,9 +103,9 @@ def search_param_name(index: faiss.Index) -> str | None:
     base = faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
     if isinstance(base, faiss.IndexHNSW):
         return "efSearch"
-    if isinstance(faiss.try_extract_index_ivf(base) if _is_cpu(base) else base, faiss.IndexIVF):
-        return "nprobe"
-    return None
+    if not _is_cpu(base):  # GpuIndexIVFPQ, GpuIndexIVFFlat... are not IndexIVF subclasses
+        return "nprobe" if "IVF" in type(base).__name__ else None
+    return "nprobe" if isinstance(faiss.try_extract_index_ivf(base), faiss.IndexIVF) else None
 
 
 def _is_cpu(index: faiss.Index) -> bool:
@@ -138,7 +140,7 @@ def tune_search_param(index: faiss.Index, vectors: np.ndarray, recall_target: fl
         rng = np.random.default_rng(seed)
         sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
     _, truth = exact_search(vectors, sample, k)
-    limit = 4096 if name == "efSearch" else max(1, faiss.extract_index_ivf(_cpu_base(index)).nlist)
+    limit = 4096 if name == "efSearch" else max(1, _nlist(index))
     value, recall = 1, 0.0
     while True:
         set_search_param(index, value)
@@ -149,8 +151,9 @@ def tune_search_param(index: faiss.Index, vectors: np.ndarray, recall_target: fl
         value *= 2
 
 
-def _cpu_base(index: faiss.Index) -> faiss.Index:
-    return faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
+def _nlist(index: faiss.Index) -> int:
+    base = faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
+    return int(base.nlist) if not _is_cpu(base) else int(faiss.extract_index_ivf(base).nlist)
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int, chunk: int = 4096
@@ -181,9 +184,11 @@ def gpu_available() -> bool:
 
 def to_gpu(index: faiss.Index) -> faiss.Index:
     """Move an index to all GPUs when faiss-gpu and a GPU are present (HNSW stays on the CPU)."""
-    if not gpu_available() or isinstance(index, faiss.IndexHNSW):
+    if not gpu_available() or isinstance(index, faiss.IndexHNSW | faiss.IndexRefine):
         return index
-    return faiss.index_cpu_to_all_gpus(index)
+    options = faiss.GpuMultipleClonerOptions()
+    options.useFloat16 = "PQ" in type(index).__name__  # GPU IVF-PQ needs float16 look-up tables past 48 bytes a code
+    return faiss.index_cpu_to_all_gpus(index, co=options)
 
 
 def to_cpu(index: faiss.Index) -> faiss.Index:

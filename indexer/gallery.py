@@ -78,10 +78,15 @@ def scan_changes(records: list[ImageRecord], known: dict[str, KnownImage], full:
         previous = known.get(record.image_id)
         if previous is not None and not full and (stat.st_size, stat.st_mtime_ns) == (previous.size,
                                                                                         previous.mtime_ns):
-            scanned = ScannedFile(record, stat.st_size, stat.st_mtime_ns, previous.content_hash)
+            content_hash = previous.content_hash
         else:
-            scanned = ScannedFile(record, stat.st_size, stat.st_mtime_ns, file_sha256(path))
-        _classify(changes, scanned, previous, full)
+            try:
+                content_hash = file_sha256(path)
+            except OSError as error:  # unreadable (permissions) or gone since the stat
+                seen.discard(record.image_id)
+                changes.missing.add(path, f"cannot read file ({error.strerror or error})")
+                continue
+        _classify(changes, ScannedFile(record, stat.st_size, stat.st_mtime_ns, content_hash), previous, full)
     changes.removed = [(image_id, k) for image_id, k in known.items() if image_id not in seen]
     return changes
 

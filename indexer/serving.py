@@ -1,13 +1,15 @@
 """The read side of the store, for the app: load the current version, search it, and reload it
 when an admin build switches CURRENT, without a failed request.
 
-`LiveIndex.reload_if_changed()` is the reload hook: it compares CURRENT's modification time,
-loads the new version completely off to the side, then swaps one reference. A search that
-started before the swap finishes on the version it began with.
+`LiveIndex.reload_if_changed()` is the reload hook: it compares CURRENT's inode and modification
+time, loads the new version completely off to the side, then swaps one reference. A search that
+started before the swap finishes on the version it began with; searches arriving during a load
+use the old version instead of waiting; a version that fails to load is logged and skipped.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -17,6 +19,8 @@ import faiss
 import numpy as np
 
 from indexer import faiss_index, store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ class LiveIndex:
         self.index_dir, self.name, self.gpu = Path(index_dir), name, gpu
         self._lock = threading.Lock()
         self._loaded: LoadedVersion | None = None
-        self._pointer_stamp: int | None = None
+        self._pointer_stamp: tuple[int, int] | None = None
         self.reload_if_changed()
 
     @property
@@ -88,15 +92,27 @@ class LiveIndex:
 
     def reload_if_changed(self) -> bool:
         """Load the version CURRENT names if it changed since the last load; True when it swapped."""
-        stamp = store.pointer_mtime(self.index_dir, self.name)
+        stamp = store.pointer_stamp(self.index_dir, self.name)
         if stamp == self._pointer_stamp:
             return False
-        with self._lock:  # one reload at a time; searches never wait on this lock
-            stamp = store.pointer_mtime(self.index_dir, self.name)
+        # One reload at a time; while it runs, other requests carry on with the loaded version
+        # (only the very first load, with nothing to serve yet, makes them wait).
+        if not self._lock.acquire(blocking=self._loaded is None):
+            return False
+        try:
+            stamp = store.pointer_stamp(self.index_dir, self.name)
             if stamp == self._pointer_stamp:
                 return False
+            self._pointer_stamp = stamp  # a version that fails to load is not retried on every request
             version = store.current_version(self.index_dir, self.name)
             if version is not None and (self._loaded is None or version.version != self._loaded.version.version):
                 self._loaded = LoadedVersion.load(version, self.gpu)  # fully loaded before it is visible
-            self._pointer_stamp = stamp
             return True
+        except (OSError, RuntimeError, KeyError, ValueError) as error:  # faiss raises RuntimeError
+            log.error("index %s: cannot load the version CURRENT names (%s); still serving %s", self.name, error,
+                      self._loaded.version.version if self._loaded else "nothing")
+            if self._loaded is None:
+                raise
+            return False
+        finally:
+            self._lock.release()

@@ -62,10 +62,22 @@ def current_version(index_dir: Path, name: str) -> StoredVersion | None:
     return StoredVersion(name, int(dirname.removeprefix("v")), directory)
 
 
-def pointer_mtime(index_dir: Path, name: str) -> float | None:
-    """When CURRENT last changed: the cheap check an app polls before reloading."""
-    pointer = index_root(index_dir, name) / POINTER
-    return pointer.stat().st_mtime_ns if pointer.is_file() else None
+def pointer_stamp(index_dir: Path, name: str) -> tuple[int, int] | None:
+    """(inode, mtime) of CURRENT: the cheap check an app polls before reloading. Every switch
+    writes a new file, so the inode changes even when two switches share a clock tick."""
+    try:
+        stat = (index_root(index_dir, name) / POINTER).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def versions_on_disk(index_dir: Path, name: str) -> list[int]:
+    """Complete (published) versions present, oldest first."""
+    folder = index_root(index_dir, name) / "versions"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit() and (p / MANIFEST).is_file())
 
 
 def start_build(index_dir: Path, name: str) -> Path:
@@ -88,6 +100,7 @@ def publish(index_dir: Path, name: str, temporary: Path, version: int) -> Stored
         shutil.rmtree(final)
     _fsync_dir_contents(temporary)
     os.rename(temporary, final)
+    _fsync_dir(final.parent)  # the rename itself must reach the disk before CURRENT can name it
     return StoredVersion(name, version, final)
 
 
@@ -102,16 +115,28 @@ def switch_current(index_dir: Path, name: str, version: int) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, root / POINTER)
+    _fsync_dir(root)
 
 
 def remove_old_versions(index_dir: Path, name: str, keep: int = 2) -> list[int]:
-    """Delete all but the newest `keep` versions (never the current one); returns those removed."""
+    """Delete all but the newest `keep` versions up to the current one (never the current one,
+    never one newer than it); returns those removed."""
     current = current_version(index_dir, name)
-    versions = sorted(int(p.name[1:]) for p in (index_root(index_dir, name) / "versions").glob("v*"))
-    doomed = [v for v in versions[:-keep] if current is None or v != current.version]
+    if current is None:
+        return []
+    versions = [v for v in versions_on_disk(index_dir, name) if v <= current.version]
+    doomed = [v for v in versions[:-keep] if v != current.version]
     for version in doomed:
         shutil.rmtree(index_root(index_dir, name) / "versions" / version_dirname(version), ignore_errors=True)
     return doomed
+
+
+def _fsync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _fsync_dir_contents(directory: Path) -> None:

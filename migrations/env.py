@@ -9,9 +9,11 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from indexer.catalogue import Base
+from indexer.db import normalise_database_url
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url") or os.environ.get("DATABASE_URL", "sqlite:///data/imgsearch.db")
+url = normalise_database_url(config.get_main_option("sqlalchemy.url")
+                             or os.environ.get("DATABASE_URL", "sqlite:///data/imgsearch.db"))
 config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
 
 

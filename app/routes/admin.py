@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 
 from app.deps import AdminDep, ServedDep, SettingsDep
 from indexer.build import BuildOptions, build_index
@@ -18,16 +18,23 @@ router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
 def reindex(request: Request, settings: SettingsDep, name: Annotated[str | None, Query()] = None,
             full: bool = False) -> dict:
     sessions = request.app.state.sessions
-    names = [name] if name else index_names(settings.index_dir, sessions)
+    known = index_names(settings.index_dir, sessions)
+    if name is not None and name not in known:
+        raise HTTPException(404, f"unknown index {name!r}; known: {', '.join(known) or 'none'}")
+    names = [name] if name else known
     jobs = request.app.state.admin_jobs
+    running = [each for each in names if jobs.get(each) == "running"]
+    if running:
+        raise HTTPException(409, f"a reindex of {', '.join(running)} is already running")
 
     def run() -> None:
         for each in names:
             try:
                 gallery, encoder = latest_build_source(sessions, each)
+                # workers=0: no forked decoder processes inside the (multi-threaded) server
+                options = BuildOptions(progress=False, device=settings.device, workers=0)
                 report = build_index(gallery=gallery, encoder_spec=encoder, name=each, index_dir=settings.index_dir,
-                                     sessions=sessions, full=full, options=BuildOptions(progress=False,
-                                                                                         device=settings.device))
+                                     sessions=sessions, full=full, options=options)
                 jobs[each] = report.summary()
             except Exception as error:  # reported through /status; the server keeps serving
                 jobs[each] = f"failed: {type(error).__name__}: {error}"

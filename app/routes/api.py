@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, UploadFile
 from pydantic import ValidationError
 
 from app.deps import SearchDep, ServedDep, SettingsDep
@@ -21,6 +21,8 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip 
 MinScore = Annotated[float | None, Query(ge=-1, le=1, description="drop results scoring below this")]
 IndexName = Annotated[str | None, Query(description="which served index/encoder (default: the configured one)")]
 Target = Literal["image", "caption"]
+ImageId = Annotated[int, Query(ge=1, le=2**62, description="a gallery image id")]
+ImagePath = Annotated[int, Path(ge=1, le=2**62, description="a gallery image id")]
 
 
 async def read_query_image(upload: UploadFile | None, image_id: int | None, max_bytes: int) -> QueryImage:
@@ -39,7 +41,7 @@ def search_text(search: SearchDep, q: Annotated[str, Query(description="the quer
 
 
 @router.get("/search/image", response_model=SearchResponse, summary="Gallery image -> captions (or images)")
-def search_image_by_id(search: SearchDep, image_id: int, k: K = 10, offset: Offset = 0,
+def search_image_by_id(search: SearchDep, image_id: ImageId, k: K = 10, offset: Offset = 0,
                        min_score: MinScore = None, index: IndexName = None,
                        target: Target = "caption") -> SearchResponse:
     return search.image_to(target, QueryImage(image_id=image_id), k, offset, min_score, index)
@@ -48,7 +50,7 @@ def search_image_by_id(search: SearchDep, image_id: int, k: K = 10, offset: Offs
 @router.post("/search/image", response_model=SearchResponse, summary="Uploaded image -> captions (or images)")
 async def search_image_upload(search: SearchDep, settings: SettingsDep,
                               file: Annotated[UploadFile | None, File()] = None,
-                              image_id: Annotated[int | None, Form()] = None,
+                              image_id: Annotated[int | None, Form(ge=1, le=2**62)] = None,
                               k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
                               offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
                               min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
@@ -59,7 +61,7 @@ async def search_image_upload(search: SearchDep, settings: SettingsDep,
 
 
 @router.get("/search/arithmetic", response_model=SearchResponse, summary="Gallery image - words + words -> images")
-def arithmetic_by_id(search: SearchDep, image_id: int, minus: Annotated[list[str], Query()] = (),
+def arithmetic_by_id(search: SearchDep, image_id: ImageId, minus: Annotated[list[str], Query()] = (),
                      plus: Annotated[list[str], Query()] = (), minus_weight: Annotated[float, Query(gt=0, le=10)] = 1,
                      plus_weight: Annotated[float, Query(gt=0, le=10)] = 1,
                      rerank_top: Annotated[int | None, Query(ge=2, le=1000)] = None, k: K = 10, offset: Offset = 0,
@@ -71,7 +73,7 @@ def arithmetic_by_id(search: SearchDep, image_id: int, minus: Annotated[list[str
 @router.post("/search/arithmetic", response_model=SearchResponse, summary="Image (upload or id) - words + words")
 async def arithmetic_upload(search: SearchDep, settings: SettingsDep,
                             file: Annotated[UploadFile | None, File()] = None,
-                            image_id: Annotated[int | None, Form()] = None,
+                            image_id: Annotated[int | None, Form(ge=1, le=2**62)] = None,
                             minus: Annotated[list[str], Form()] = (), plus: Annotated[list[str], Form()] = (),
                             minus_weight: Annotated[float, Form(gt=0, le=10)] = 1,
                             plus_weight: Annotated[float, Form(gt=0, le=10)] = 1,
@@ -107,7 +109,7 @@ async def compose(search: SearchDep, settings: SettingsDep,
             QueryImage(image_id=term.image_id) if term.image_id is not None else None)
         terms.append(WeightedTerm(term.weight, text=term.text, image=image))
     return search.compose(terms, parsed.target, parsed.k, parsed.offset, parsed.min_score, parsed.rerank_top,
-                          parsed.index)
+                          parsed.index, strict_words=True)
 
 
 @router.post("/embed", response_model=EmbedResponse, summary="The normalised embedding of a text or an image")
@@ -121,7 +123,7 @@ async def embed(search: SearchDep, settings: SettingsDep, text: Annotated[str | 
 
 
 @router.get("/images/{image_id}", response_model=ImageDetail, tags=["gallery"])
-def image_detail(image_id: int, search: SearchDep) -> ImageDetail:
+def image_detail(image_id: ImagePath, search: SearchDep) -> ImageDetail:
     with search.sessions() as session:
         info = queries.image_by_id(session=session, image_id=image_id)
     if info is None:

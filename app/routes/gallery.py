@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -14,7 +16,7 @@ router = APIRouter(tags=["gallery"])
 
 
 @router.get("/images/{image_id}/thumb", summary="A cached JPEG thumbnail of a gallery image")
-def thumbnail(image_id: int, request: Request, search: SearchDep) -> FileResponse:
+def thumbnail(image_id: Annotated[int, Path(ge=1, le=2**62)], request: Request, search: SearchDep) -> FileResponse:
     # The id is an integer looked up in the catalogue: no part of the URL ever becomes a file path.
     with search.sessions() as session:
         info = queries.image_by_id(session=session, image_id=image_id)

@@ -21,10 +21,14 @@ MODES = ("text", "image", "arith")
 
 @router.get("/", response_class=HTMLResponse)
 def search_page(request: Request, search: SearchDep, served: ServedDep,
-                mode: Annotated[str, Query()] = "text", q: str = "", id: int | None = None,
+                mode: Annotated[str, Query()] = "text", q: str = "", id: str = "",
                 minus: Annotated[list[str], Query()] = (), plus: Annotated[list[str], Query()] = (),
-                k: Annotated[int, Query(ge=1, le=100)] = 24, index: str | None = None) -> HTMLResponse:
+                k: str = "24", index: str | None = None) -> HTMLResponse:
+    # Parsed by hand: a form submitted without JavaScript may send id= or k=abc, and the page should
+    # say so in HTML rather than answer with the API's JSON 422.
     mode = mode if mode in MODES else "text"
+    id = int(id) if id.strip().isdigit() and 0 < int(id) <= 2**62 else None  # noqa: A001
+    k = min(max(int(k), 1), 100) if k.strip().isdigit() else 24
     context = {"mode": mode, "q": q, "id": id, "minus": list(minus), "plus": list(plus), "k": k,
                "index": index, "response": None, "error": None, "about": _about(served)}
     try:

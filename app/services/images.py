@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -46,7 +48,9 @@ class ThumbnailCache:
             raise NotFound(f"image {image_id} can no longer be read ({error})") from error
         image.thumbnail((self.side, self.side))
         self.folder.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_suffix(".tmp")
-        image.save(temporary, "JPEG", quality=85)
-        temporary.replace(target)
+        # A private temporary name per request: concurrent first requests never share a half-written file.
+        handle, temporary = tempfile.mkstemp(suffix=".tmp", dir=self.folder)
+        with os.fdopen(handle, "wb") as stream:
+            image.save(stream, "JPEG", quality=85)
+        os.replace(temporary, target)
         return target

@@ -10,6 +10,7 @@ from pathlib import Path
 from app.services.errors import NotFound, Unavailable
 from indexer import store
 from indexer.build import resolve_encoder
+from indexer.faiss_index import gpu_available
 from indexer.serving import LiveIndex, LoadedVersion
 from models.encoders import Encoder
 
@@ -26,15 +27,18 @@ class ServedIndexes:
         self.index_dir, self.default, self.device = Path(index_dir), default, device
         self._live: dict[str, LiveIndex] = {}
         self._encoders: dict[str, Encoder] = {}  # by checkpoint hash
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self.gpu = device.startswith("cuda") and gpu_available()
         self.discover()
 
     def discover(self) -> list[str]:
         """Serve every index that has a CURRENT version (new ones appear without a restart)."""
         if self.index_dir.is_dir():
-            for folder in sorted(self.index_dir.iterdir()):
-                if (folder / store.POINTER).is_file() and folder.name not in self._live:
-                    self._live[folder.name] = LiveIndex(self.index_dir, folder.name)
+            found = [f.name for f in sorted(self.index_dir.iterdir()) if (f / store.POINTER).is_file()]
+            with self._lock:
+                for name in found:
+                    if name not in self._live:
+                        self._live = {**self._live, name: LiveIndex(self.index_dir, name, self.gpu)}
         return self.names
 
     @property
@@ -63,9 +67,10 @@ class ServedIndexes:
 
     def reload_all(self) -> dict[str, int]:
         self.discover()
-        for live in self._live.values():
+        live_indexes = dict(self._live)  # replaced, never mutated, so iterating a snapshot is safe
+        for live in live_indexes.values():
             live.reload_if_changed()
-        return {name: live.current.version.version for name, live in self._live.items()}
+        return {name: live.current.version.version for name, live in live_indexes.items()}
 
     def _encoder_for(self, version: LoadedVersion) -> Encoder:
         checkpoint_hash = version.manifest["checkpoint_hash"]
@@ -74,6 +79,9 @@ class ServedIndexes:
             with self._lock:
                 encoder = self._encoders.get(checkpoint_hash)
                 if encoder is None:
-                    encoder, _, _ = resolve_encoder(version.manifest["encoder_path"], self.device)
+                    encoder, _, found_hash = resolve_encoder(version.manifest["encoder_path"], self.device)
+                    if found_hash != checkpoint_hash:  # queries must be encoded by the model that built the index
+                        raise Unavailable(f"the encoder checkpoint {version.manifest['encoder_path']} changed after "
+                                          f"index {version.manifest['name']!r} was built: reindex it with --full")
                     self._encoders[checkpoint_hash] = encoder
         return encoder

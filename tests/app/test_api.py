@@ -147,6 +147,13 @@ NOISY = _noisy.getvalue()
     (("get", "/images/..%2F..%2Fetc%2Fpasswd/thumb", {}), 404, ""),
     (("get", "/api/images/..%2Fcatalogue.db", {}), 404, ""),
     (("get", "/api/images/catalogue.db", {}), 422, "integer"),
+    (("get", "/api/images/100000000000000000000", {}), 422, "less than or equal"),
+    (("get", "/images/100000000000000000000/thumb", {}), 422, "less than or equal"),
+    (("post", "/api/search/arithmetic", {"files": {"file": ("a.txt", b"text", "text/plain")}, "data": {"plus": "red"}}),
+     415, "not an image"),
+    (("post", "/api/embed", {"files": {"file": ("a.png", b"", "image/png")}}), 400, "empty"),
+    (("post", "/api/search/compose", {"data": {"query": json.dumps({"terms": [{"text": "a zebra"}]})}}), 422,
+     "zebra"),
     (("get", "/static/..%2F..%2Fpyproject.toml", {}), 404, ""),
     (("post", "/api/search/image", {"files": {"file": ("a.png", b"", "image/png")}}), 400, "empty"),
     (("post", "/api/search/image", {"files": {"file": ("a.txt", b"hello there", "text/plain")}}), 415, "not an image"),
@@ -181,6 +188,23 @@ def test_admin_needs_the_right_token(client):
     assert ok.status_code == 200 and "tiny: version 1" in ok.json()["indexes"][0]
     reload = client.post("/api/admin/reload", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert reload.json() == {"versions": {"tiny": 1}}
+
+
+def test_admin_reindex_of_an_unknown_index_is_404(client):
+    response = client.post("/api/admin/reindex", params={"name": "nope"},
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 404 and "unknown index 'nope'" in response.json()["detail"]
+
+
+def test_page_without_javascript_handles_empty_and_bad_fields(client, gallery_ids):
+    empty = client.get("/", params={"mode": "image", "id": "", "k": "abc"})
+    assert empty.status_code == 200 and "text/html" in empty.headers["content-type"]
+    by_id = client.get("/", params={"mode": "image", "id": str(gallery_ids[0])})
+    assert by_id.status_code == 200 and by_id.text.count("<li><a href=") >= 10
+    arithmetic = client.get("/", params={"mode": "arith", "id": str(gallery_ids[0]), "minus": "red", "plus": "blue"})
+    assert arithmetic.status_code == 200 and 'class="card"' in arithmetic.text
+    unknown = client.get("/", params={"mode": "arith", "id": str(gallery_ids[0]), "plus": "zebra"})
+    assert unknown.status_code == 422 and "zebra" in unknown.text and "<html" in unknown.text
 
 
 def test_admin_disabled_without_a_configured_token(app_dirs):

@@ -97,7 +97,7 @@ def test_incremental_update_encodes_only_what_changed(gallery, encoder_checkpoin
     assert report.encoded_images == 2            # the changed one and the new one
     assert report.reused_images == 28 and report.removed_images == 1
     assert report.image_count == 30 and report.caption_count == 30 * 5 - 5 - 4 + 1
-    assert "2" in report.skipped.summary() or len(report.skipped) == 1  # the deleted file is reported missing
+    assert [Path(p).name for p, _ in report.skipped.skipped] == [images[2].name]  # the deleted file, reported
     version = store.current_version(index_dir, "main")
     assert version.version == 2 and len(version.ids("image")) == 30
     assert _search_caption(version, encoder_checkpoint, "a brand new caption") in _same_text_ids(
@@ -113,6 +113,75 @@ def test_incremental_update_encodes_only_what_changed(gallery, encoder_checkpoin
     new = dict(zip(version.ids("image").tolist(), version.vectors("image"), strict=True))
     shared = set(old) & set(new)
     assert len(shared) == 29 and sum(np.array_equal(old[i], new[i]) for i in shared) == 28
+
+
+def test_two_encoders_can_index_one_gallery(gallery, encoder_checkpoint, tmp_path, sessions):
+    from models import create_encoder
+
+    other = create_encoder("vse_tiny_gru", vocab=load_encoder(encoder_checkpoint).text_tower.vocab,
+                           overrides={"embed_dim": 16, "text": {"word_dim": 8}}).save(tmp_path / "other.pt")
+    _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
+    second = build_index(gallery=str(gallery), encoder_spec=str(other), name="second", index_dir=tmp_path / "idx",
+                         sessions=sessions, options=QUIET)
+    assert second.image_count == 30 and _count(sessions, ImageRow) == 30  # the rows are shared
+    sorted((gallery / "images").glob("*.png"))[0].unlink()
+    assert _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions).removed_images == 1
+    assert _count(sessions, ImageRow) == 30  # still served by "second": kept
+    assert store.current_version(tmp_path / "idx", "second").manifest["image_count"] == 30
+
+
+def test_captions_removed_entirely(gallery, encoder_checkpoint, tmp_path, sessions):
+    _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
+    dataset = json.loads((gallery / "dataset.json").read_text())
+    dataset["images"][0]["sentences"] = []
+    (gallery / "dataset.json").write_text(json.dumps(dataset))
+    report = _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
+    assert report.image_count == 30 and report.caption_count == 145 and report.encoded_images == 0
+
+
+def test_crash_between_commit_and_switch_is_repaired_by_the_next_build(gallery, encoder_checkpoint, tmp_path,
+                                                                     sessions, monkeypatch):
+    index_dir = tmp_path / "idx"
+    _build(gallery, encoder_checkpoint, index_dir, sessions)
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(sorted((gallery / "images").glob("*.png"))[0])
+    real_switch = store.switch_current
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store, "switch_current", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _build(gallery, encoder_checkpoint, index_dir, sessions)
+    assert store.current_version(index_dir, "main").version == 1  # the previous version still serves
+    with sessions() as session:
+        assert session.scalar(select(IndexVersion.status).where(IndexVersion.version == 2)) == "active"
+    monkeypatch.setattr(store, "switch_current", real_switch)
+    report = _build(gallery, encoder_checkpoint, index_dir, sessions)  # reconcile first points CURRENT at v2
+    assert report.status == "up-to-date" and report.version == 2
+
+
+def test_fresh_catalogue_over_old_index_dir_never_reuses_a_version(gallery, encoder_checkpoint, tmp_path, sessions):
+    _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
+    fresh = session_factory(f"sqlite:///{tmp_path / 'fresh.db'}")
+    report = _build(gallery, encoder_checkpoint, tmp_path / "idx", fresh, full=True)
+    assert report.version == 2
+    assert sorted(p.name for p in (tmp_path / "idx" / "main" / "versions").iterdir()) == ["v000001", "v000002"]
+
+
+def test_unreadable_file_is_skipped_not_fatal(gallery, encoder_checkpoint, tmp_path, sessions, monkeypatch):
+    from indexer import gallery as gallery_module
+
+    target = sorted((gallery / "images").glob("*.png"))[0]
+    real_hash = gallery_module.file_sha256
+
+    def denied(path, *args):  # what a file without read permission does (root would read it anyway)
+        if Path(path) == target:
+            raise PermissionError(13, "Permission denied")
+        return real_hash(path, *args)
+
+    monkeypatch.setattr(gallery_module, "file_sha256", denied)
+    report = _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
+    assert report.image_count == 29 and report.skipped.skipped == [(str(target), "cannot read file (Permission denied)")]
 
 
 def test_full_rebuild_re_encodes_everything(gallery, encoder_checkpoint, tmp_path, sessions):

@@ -53,3 +53,15 @@ def test_live_index_reloads_new_versions_without_failed_searches(gallery, encode
     live.reload_if_changed()
     assert not failures and live.current.version.version == 2
     assert live.current.search("image", query, 100)[1].shape == (1, 30)  # k is capped at the index size
+    # A version that cannot be loaded (here: its index file is corrupt) is skipped: v2 keeps serving.
+    build()  # nothing changed: no new version; force one with a damaged file
+    from indexer import store
+
+    broken = tmp_path / "idx" / "live" / "versions" / "v000002"
+    (broken.parent / "v000003").mkdir()
+    for item in broken.iterdir():
+        (broken.parent / "v000003" / item.name).write_bytes(item.read_bytes())
+    (broken.parent / "v000003" / "images.faiss").write_bytes(b"garbage")
+    store.switch_current(tmp_path / "idx", "live", 3)
+    assert live.reload_if_changed() is False and live.current.version.version == 2
+    assert live.current.search("caption", query, 3)[1].shape == (1, 3)
