@@ -181,7 +181,8 @@ def test_unreadable_file_is_skipped_not_fatal(gallery, encoder_checkpoint, tmp_p
 
     monkeypatch.setattr(gallery_module, "file_sha256", denied)
     report = _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
-    assert report.image_count == 29 and report.skipped.skipped == [(str(target), "cannot read file (Permission denied)")]
+    assert report.image_count == 29
+    assert report.skipped.skipped == [(str(target), "cannot read file (Permission denied)")]
 
 
 def test_full_rebuild_re_encodes_everything(gallery, encoder_checkpoint, tmp_path, sessions):
