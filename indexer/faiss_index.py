@@ -126,8 +126,9 @@ def set_search_param(index: faiss.Index, choice_or_value: IndexChoice | int) -> 
 
 def tune_search_param(index: faiss.Index, vectors: np.ndarray, recall_target: float = 0.95, k: int = 10,
                       queries: int | np.ndarray = 500, seed: int = 0) -> tuple[int | None, float]:
-    """Smallest efSearch/nprobe (powers of two) whose recall@k against exact search reaches
-    `recall_target`; returns (value, recall). Exact indexes return (None, 1.0).
+    """The smallest efSearch/nprobe (found by doubling, then bisection to within 1/8) whose recall@k
+    against exact search reaches `recall_target`; returns (value, recall). Exact indexes return
+    (None, 1.0); an index that cannot reach the target returns its largest value and recall.
 
     `queries` is a query set, or a count of indexed vectors to sample as queries (each then finds
     itself, which flatters recall by up to 1/k: pass real held-out queries where there are some)."""
@@ -141,14 +142,25 @@ def tune_search_param(index: faiss.Index, vectors: np.ndarray, recall_target: fl
         sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
     _, truth = exact_search(vectors, sample, k)
     limit = 4096 if name == "efSearch" else max(1, _nlist(index))
-    value, recall = 1, 0.0
-    while True:
+    def recall_with(value: int) -> float:
         set_search_param(index, value)
-        _, found = index.search(sample, k)
-        recall = recall_at_k(found, truth)
-        if recall >= recall_target or value >= limit:
-            return value, recall
-        value *= 2
+        return recall_at_k(index.search(sample, k)[1], truth)
+
+    low, value, recall = 0, 1, recall_with(1)
+    while recall < recall_target and value < limit:  # doubling finds a bracket...
+        low, value = value, min(2 * value, limit)
+        recall = recall_with(value)
+    if recall < recall_target:
+        return value, recall
+    while value - low > max(1, value // 8):  # ...then bisection narrows it (to within 1/8)
+        middle = (low + value) // 2
+        middle_recall = recall_with(middle)
+        if middle_recall >= recall_target:
+            value, recall = middle, middle_recall
+        else:
+            low = middle
+    set_search_param(index, value)
+    return value, recall
 
 
 def _nlist(index: faiss.Index) -> int:
