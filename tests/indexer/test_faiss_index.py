@@ -31,12 +31,11 @@ def test_exact_search_matches_a_full_sort():
 
 def test_choice_follows_size_and_memory_budget():
     assert fi.choose_index(100_000, 512).kind == "flat"
-    assert fi.choose_index(1_000_000, 512).kind == "hnsw"
-    assert fi.choose_index(1_000_000, 512, gpu=True).kind == "ivfpq"  # faiss has no GPU HNSW
+    large = fi.choose_index(1_000_000, 512)
+    assert large.kind == "ivfpq" and large.refine and large.factory == "IVF4096,PQ64x8"
+    assert not fi.choose_index(1_000_000, 512, gpu=True).refine  # no exact re-ranking on GPU
     tight = fi.choose_index(1_000_000, 512, memory_budget=fi.parse_memory("1G"))
-    assert tight.kind == "ivfpq" and not tight.refine and tight.factory == "IVF4096,PQ64x8"
-    roomy = fi.choose_index(1_000_000, 512, memory_budget=fi.parse_memory("2.5G"), kind="ivfpq")
-    assert roomy.refine  # the full vectors fit: re-rank exactly
+    assert tight.kind == "ivfpq" and not tight.refine  # the full vectors (2 GB) do not fit: codes only
     assert fi.choose_index(10, 512, kind="hnsw").kind == "hnsw"  # an explicit choice wins
     with pytest.raises(ValueError, match="unknown index type 'lsh'"):
         fi.choose_index(10, 8, kind="lsh")
