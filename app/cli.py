@@ -184,8 +184,8 @@ def admin_reindex(
 ) -> None:
     """Update indexes from their galleries: only new or changed images are encoded."""
     from app.settings import get_settings
-    from indexer.build import BuildOptions, build_index
-    from indexer.status import index_names, latest_build_source
+    from indexer.build import BuildOptions, reindex
+    from indexer.status import index_names
 
     settings = get_settings()
     sessions = _catalogue(settings)
@@ -193,10 +193,8 @@ def admin_reindex(
     if not names:
         raise ValueError("no index has been built yet: run `imgsearch index` first")
     for each in names:
-        gallery, previous_encoder = latest_build_source(sessions, each)
-        report = build_index(gallery=gallery, encoder_spec=encoder or previous_encoder, name=each,
-                             index_dir=settings.index_dir, sessions=sessions, full=full,
-                             options=BuildOptions(device=settings.device))
+        report = reindex(each, index_dir=settings.index_dir, sessions=sessions, full=full, encoder_spec=encoder,
+                         options=BuildOptions(device=settings.device))
         typer.echo(report.summary())
 
 

@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from indexer import faiss_index, store
 from indexer.catalogue import CaptionRow, ImageRow, IndexEntry, IndexVersion, utc_now
-from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, scan_changes
+from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, file_sha256, scan_changes
 from indexer.pipeline import encode_image_files, encode_texts
+from indexer.status import latest_build_source
 from models.data import DatasetError, SkipReport, load_records
 from models.encoders import Encoder, create_encoder, get_encoder_config, load_encoder
 
@@ -75,19 +76,13 @@ def resolve_encoder(spec: str, device: str = "cpu") -> tuple[Encoder, str, str]:
     path = Path(spec)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
         encoder = load_encoder(path, device)
-        return encoder, str(path.resolve()), _sha256_file(path)
+        return encoder, str(path.resolve()), file_sha256(path)
     config = get_encoder_config(spec)
     if not (config.get("family") == "openclip" and config.get("pretrained")):
         raise ValueError(f"encoder {spec!r} is an untrained architecture: train it (imgsearch train) and pass "
                          "the checkpoint file, or name a pretrained open_clip config")
     encoder = create_encoder(spec).to(device).eval()
     return encoder, spec, hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    from indexer.gallery import file_sha256
-
-    return file_sha256(path)
 
 
 @contextmanager
@@ -153,6 +148,15 @@ class _Stage:
     temporary: Path
     published: Path | None = None
     committed: bool = False
+
+
+def reindex(name: str, *, index_dir: Path, sessions: sessionmaker[Session], full: bool = False,
+            encoder_spec: str | None = None, options: BuildOptions | None = None) -> BuildReport:
+    """Update index `name` from the gallery (and, unless `encoder_spec` names another, the encoder)
+    of its newest successful build."""
+    gallery, previous_encoder = latest_build_source(sessions, name)
+    return build_index(gallery=gallery, encoder_spec=encoder_spec or previous_encoder, name=name,
+                       index_dir=index_dir, sessions=sessions, full=full, options=options)
 
 
 def _known_images(sessions: sessionmaker[Session], previous: store.StoredVersion | None) -> dict[str, KnownImage]:

@@ -95,8 +95,13 @@ def build_index(vectors: np.ndarray, choice: IndexChoice, gpu: bool = False, tra
     return index
 
 
+def _unrefined(index: faiss.Index) -> faiss.Index:
+    """The candidate-generating index inside an exact re-ranking wrapper (or the index itself)."""
+    return faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
+
+
 def search_param_name(index: faiss.Index) -> str | None:
-    base = faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
+    base = _unrefined(index)
     if isinstance(base, faiss.IndexHNSW):
         return "efSearch"
     if not _is_cpu(base):  # GpuIndexIVFPQ, GpuIndexIVFFlat... are not IndexIVF subclasses
@@ -160,7 +165,7 @@ def tune_search_param(index: faiss.Index, vectors: np.ndarray, recall_target: fl
 
 
 def _nlist(index: faiss.Index) -> int:
-    base = faiss.downcast_index(index.base_index) if isinstance(index, faiss.IndexRefine) else index
+    base = _unrefined(index)
     return int(base.nlist) if not _is_cpu(base) else int(faiss.extract_index_ivf(base).nlist)
 
 

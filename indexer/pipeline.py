@@ -19,6 +19,7 @@ from tqdm import tqdm
 from models.data import SkipReport
 from models.data.images import BadImageError, load_for_encoding
 from models.encoders import Encoder
+from models.encoders.base import encode_in_batches
 
 
 class _ImageFiles(Dataset):
@@ -80,9 +81,6 @@ def encode_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int 
 
 def encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:
     """L2-normalised float32 vectors of `texts`, in batches."""
-    parts = [np.zeros((0, encoder.embed_dim), np.float32)]
     encoder.eval()
-    for start in tqdm(range(0, len(texts), batch_size), desc="encode captions", unit="batch",
-                      disable=not progress or not texts):
-        parts.append(encoder.encode_text(list(texts[start:start + batch_size])).cpu().numpy().astype(np.float32))
-    return np.concatenate(parts)
+    return encode_in_batches(encoder.encode_text, texts, encoder.embed_dim, batch_size, "encode captions",
+                             progress).numpy()

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ class StoredVersion:
     name: str
     version: int
     directory: Path
+    _ids: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def manifest(self) -> dict:
@@ -37,7 +38,10 @@ class StoredVersion:
         return np.load(self.directory / f"{modality}_vectors.npy")
 
     def ids(self, modality: str) -> np.ndarray:
-        return np.load(self.directory / f"{modality}_ids.npy")
+        """Row ids per faiss row; read once (a build consults them several times)."""
+        if modality not in self._ids:
+            self._ids[modality] = np.load(self.directory / f"{modality}_ids.npy")
+        return self._ids[modality]
 
 
 def version_dirname(version: int) -> str:

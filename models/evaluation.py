@@ -14,10 +14,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from models.data import DecodedSplit
-from models.encoders.base import Encoder
+from models.encoders.base import Encoder, encode_in_batches
 
 KS = (1, 5, 10)
 
@@ -138,17 +137,15 @@ def metrics_from_similarity(similarity: np.ndarray | torch.Tensor, caption_to_im
 def encode_pairs(encoder: Encoder, pixels: torch.Tensor, captions: Sequence[str], batch_size: int = 256,
                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised embeddings of every image (uint8 tensor) and caption, in batches."""
+    if not len(pixels) or not captions:
+        raise ValueError(f"nothing to evaluate: {len(pixels)} images, {len(captions)} captions")
     was_training = encoder.training
     encoder.eval()
-    image_parts, text_parts = [], []
-    for start in tqdm(range(0, len(pixels), batch_size), desc="encode images", disable=not progress):
-        image_parts.append(encoder.encode_image(pixels[start:start + batch_size]).cpu())
-    for start in tqdm(range(0, len(captions), batch_size), desc="encode captions", disable=not progress):
-        text_parts.append(encoder.encode_text(list(captions[start:start + batch_size])).cpu())
+    images = encode_in_batches(encoder.encode_image, pixels, encoder.embed_dim, batch_size, "encode images", progress)
+    texts = encode_in_batches(encoder.encode_text, captions, encoder.embed_dim, batch_size, "encode captions",
+                              progress)
     encoder.train(was_training)
-    if not image_parts or not text_parts:
-        raise ValueError(f"nothing to evaluate: {len(pixels)} images, {len(captions)} captions")
-    return torch.cat(image_parts), torch.cat(text_parts)
+    return images, texts
 
 
 def evaluate_encoder(encoder: Encoder, split: DecodedSplit, batch_size: int = 256,

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from app.deps import AdminDep, ServedDep, SettingsDep
-from indexer.build import BuildOptions, build_index
-from indexer.status import index_names, index_status, latest_build_source
+from indexer import build
+from indexer.status import index_names, index_status
 
 router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
 
@@ -30,12 +30,10 @@ def reindex(request: Request, settings: SettingsDep, name: Annotated[str | None,
     def run() -> None:
         for each in names:
             try:
-                gallery, encoder = latest_build_source(sessions, each)
                 # workers=0: no forked decoder processes inside the (multi-threaded) server
-                options = BuildOptions(progress=False, device=settings.device, workers=0)
-                report = build_index(gallery=gallery, encoder_spec=encoder, name=each, index_dir=settings.index_dir,
-                                     sessions=sessions, full=full, options=options)
-                jobs[each] = report.summary()
+                options = build.BuildOptions(progress=False, device=settings.device, workers=0)
+                jobs[each] = build.reindex(each, index_dir=settings.index_dir, sessions=sessions, full=full,
+                                     options=options).summary()
             except Exception as error:  # reported through /status; the server keeps serving
                 jobs[each] = f"failed: {type(error).__name__}: {error}"
 

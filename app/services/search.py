@@ -60,9 +60,12 @@ class SearchService:
             raise BadQuery("the query text is not valid UTF-8")
         return cleaned
 
-    def text_vector(self, served: Served, text: str) -> tuple[np.ndarray, list[str]]:
-        text = self.check_text(text)
+    def text_vector(self, served: Served, text: str, strict_words: bool = False) -> tuple[np.ndarray, list[str]]:
+        """The text's vector, and a warning naming unknown words (or, with `strict_words`, UnknownWords)."""
         unknown = served.encoder.unknown_words(text)
+        if unknown and strict_words:
+            raise UnknownWords(unknown)
+        text = self.check_text(text)
         warnings = [f"unknown word(s) ignored by {served.encoder.name}: {', '.join(unknown)}"] if unknown else []
         return served.encoder.encode_text([text])[0].cpu().numpy(), warnings
 
@@ -82,10 +85,7 @@ class SearchService:
         warnings: list[str] = []
         for term in terms:
             if term.text is not None:
-                unknown = served.encoder.unknown_words(term.text)
-                if unknown and strict_words:
-                    raise UnknownWords(unknown)
-                vector, notes = self.text_vector(served, term.text)
+                vector, notes = self.text_vector(served, term.text, strict_words)
                 warnings += notes
             elif term.image is not None:
                 vector = self.image_vector(served, term.image)

@@ -101,7 +101,7 @@ def image_to_uint8(image: Image.Image, size: int) -> np.ndarray:
 def _decode_one(args: tuple[str, int]) -> np.ndarray | str:
     path, size = args
     try:
-        return image_to_uint8(open_image(path, draft_size=size), size)
+        return load_for_encoding(path, size)[0]
     except BadImageError as error:
         return str(error)
 

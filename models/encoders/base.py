@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+from tqdm import tqdm
 
 from models.data.images import image_to_uint8
 from models.io import atomic_torch_save
@@ -123,6 +124,18 @@ class Encoder(nn.Module):
         from models.encoders.registry import load_encoder
 
         return load_encoder(path, device)
+
+
+def encode_in_batches(encode: Callable[[Any], torch.Tensor], items: Sequence | torch.Tensor, dim: int,
+                      batch_size: int = 256, desc: str = "encode", progress: bool = False) -> torch.Tensor:
+    """`encode` (an encoder's encode_image or encode_text) over `items` in batches, on the CPU;
+    (0, dim) for no items."""
+    parts = [torch.zeros(0, dim)]
+    batches = range(0, len(items), batch_size)
+    for start in tqdm(batches, desc=desc, unit="batch", disable=not progress or not len(items)):
+        batch = items[start:start + batch_size]
+        parts.append(encode(batch if isinstance(batch, torch.Tensor) else list(batch)).float().cpu())
+    return torch.cat(parts)
 
 
 def normalize_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -196,12 +196,10 @@ def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit
 
 
 def _augment(pixels: torch.Tensor, size: int, config: TrainConfig) -> torch.Tensor:
-    """Random size x size crops (per image) and, if enabled, horizontal flips, on uint8 pixels."""
+    """Random size x size crops (per image) and, if enabled, horizontal flips, on uint8 pixels.
+    Without augmentation the split is decoded at `size` already (see `_decode_splits`)."""
     if pixels.shape[-1] == size:
         return pixels
-    if not config.augment:
-        return torch.nn.functional.interpolate(pixels.float(), size=(size, size), mode="bilinear",
-                                               antialias=True).round().to(torch.uint8)
     slack = pixels.shape[-1] - size
     out = torch.empty(pixels.shape[0], 3, size, size, dtype=torch.uint8)
     for i, image in enumerate(pixels):
