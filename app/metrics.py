@@ -13,3 +13,10 @@ class AppMetrics:
         self.latency = Histogram("imgsearch_request_seconds", "request latency", ["route"],
                                  registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.stage = Histogram("imgsearch_query_stage_seconds", "time per query stage", ["mode", "stage"],
+                               registry=self.registry,
+                               buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))
+
+    def observe_stages(self, mode: str, stage_ms: dict[str, float]) -> None:
+        for stage, ms in stage_ms.items():
+            self.stage.labels(mode, stage).observe(ms / 1000)

@@ -38,6 +38,8 @@ class SearchResponse(BaseModel):
     offset: int
     results: list[ImageHit] | list[CaptionHit]
     warnings: list[str] = Field(default_factory=list, description="e.g. query words the encoder does not know")
+    timings_ms: dict[str, float] = Field(default_factory=dict,
+                                         description="server time per stage: encode, search, metadata")
 
 
 class TextQuery(BaseModel):

@@ -228,26 +228,65 @@ def _build_version(sessions, version: IndexVersion, stage: _Stage, changes: Gall
         kept = _reused(changes)
         captions, recaptioned = _write_caption_rows(session, to_encode, image_rows, changes, previous)
         arrays = _assemble(previous, encoder, image_rows, encoded, kept, captions, recaptioned, options.progress)
-        manifest = _write_version_files(stage.temporary, arrays, version, encoder, options)
-        published = store.publish(index_dir, name, stage.temporary, version.version)
-        stage.published = published.directory
-        _record_entries(session, version, arrays)
         removed_ids = [k.row_id for _, k in changes.removed]
         removed_ids += [k.row_id for s, k in changes.changed if s.record.image_id not in image_rows]
         _delete_unshared_images(session, name, removed_ids)
-        session.execute(update(IndexVersion).where(IndexVersion.index_name == name, IndexVersion.status == "active")
-                        .values(status="superseded"))
-        session.execute(update(IndexVersion).where(IndexVersion.id == version.id).values(
-            status="active", image_count=len(arrays["image_ids"]), caption_count=len(arrays["caption_ids"]),
-            encoded_images=len(encoded.kept), skipped_files=len(skipped), directory=str(published.directory),
-            image_index_type=manifest["image_index"]["factory"],
-            caption_index_type=manifest["caption_index"]["factory"], finished_at=utc_now(),
-            build_seconds=manifest["build_seconds"]))
+        manifest = _write_and_activate(session, version, stage, arrays, encoder, index_dir, options,
+                                       encoded_images=len(encoded.kept), skipped_files=len(skipped))
     stage.committed = True
     store.switch_current(index_dir, name, version.version)
     return BuildReport(name, "built", version.version, len(arrays["image_ids"]), len(arrays["caption_ids"]),
                        len(encoded.kept), len(kept), len(removed_ids), changes.summary(), manifest["image_index"],
                        manifest["caption_index"], skipped, 0.0, encoded.images_per_second)
+
+
+def _write_and_activate(session: Session, version: IndexVersion, stage: _Stage, arrays: dict[str, np.ndarray],
+                        encoder: Encoder, index_dir: Path, options: BuildOptions, **counts: int) -> dict:
+    """Write the version's files, move them to their final place and mark the version active (the
+    caller's transaction commits it; CURRENT is switched after the commit)."""
+    manifest = _write_version_files(stage.temporary, arrays, version, encoder, options)
+    published = store.publish(index_dir, version.index_name, stage.temporary, version.version)
+    stage.published = published.directory
+    _record_entries(session, version, arrays)
+    session.execute(update(IndexVersion).where(IndexVersion.index_name == version.index_name,
+                                               IndexVersion.status == "active").values(status="superseded"))
+    session.execute(update(IndexVersion).where(IndexVersion.id == version.id).values(
+        status="active", image_count=len(arrays["image_ids"]), caption_count=len(arrays["caption_ids"]),
+        directory=str(published.directory), image_index_type=manifest["image_index"]["factory"],
+        caption_index_type=manifest["caption_index"]["factory"], finished_at=utc_now(),
+        build_seconds=manifest["build_seconds"], **counts))
+    return manifest
+
+
+def publish_vectors(*, name: str, index_dir: Path, sessions: sessionmaker[Session], gallery: str,
+                    encoder_spec: str, arrays: dict[str, np.ndarray], options: BuildOptions | None = None) -> int:
+    """Publish a version of index `name` from vectors computed elsewhere (benchmarks, embeddings
+    imported from another tool) and return its number. `arrays` holds image_ids/image_vectors and
+    caption_ids/caption_image_ids/caption_vectors; the catalogue rows those ids name must exist."""
+    options = options or BuildOptions()
+    encoder, encoder_path, checkpoint_hash = resolve_encoder(encoder_spec, options.device)
+    for modality in ("image", "caption"):
+        if arrays[f"{modality}_vectors"].shape[1:] != (encoder.embed_dim,):
+            raise ValueError(f"{modality} vectors are {arrays[f'{modality}_vectors'].shape[1:]}-d; "
+                             f"{encoder.name} embeds in {encoder.embed_dim} dimensions")
+    with build_lock(index_dir, name):
+        reconcile(index_dir, name, sessions)
+        version = _register_build(sessions, name, gallery, encoder, encoder_path, checkpoint_hash,
+                                  store.versions_on_disk(index_dir, name))
+        stage = _Stage(store.start_build(index_dir, name))
+        try:
+            with sessions() as session, session.begin():
+                _write_and_activate(session, version, stage, arrays, encoder, index_dir, options)
+            stage.committed = True
+        except BaseException as error:
+            store.abandon_build(stage.temporary)
+            if stage.published is not None and not stage.committed:
+                store.abandon_build(stage.published)
+            _mark_failed(sessions, version, f"{type(error).__name__}: {error}")
+            raise
+        store.switch_current(index_dir, name, version.version)
+        store.remove_old_versions(index_dir, name, keep=options.keep_versions)
+    return version.version
 
 
 def _delete_unshared_images(session: Session, name: str, image_ids: list[int]) -> None:

@@ -7,6 +7,7 @@ or the caption index of one served encoder, then joined with the catalogue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,10 @@ from app.schemas import CaptionHit, ImageHit, ImageRef, SearchResponse
 from app.services import catalogue_queries as queries
 from app.services.errors import BadQuery, NotFound, UnknownWords
 from app.services.served import Served, ServedIndexes
+from app.services.timing import StageClock
+
+# Called with (mode, {stage: milliseconds}) after each query; the app feeds its Prometheus histograms.
+TimingsObserver = Callable[[str, dict[str, float]], None]
 
 
 @dataclass
@@ -46,8 +51,10 @@ def normalise(vector: np.ndarray) -> np.ndarray:
 
 
 class SearchService:
-    def __init__(self, served: ServedIndexes, sessions: sessionmaker[Session], max_query_chars: int = 500):
+    def __init__(self, served: ServedIndexes, sessions: sessionmaker[Session], max_query_chars: int = 500,
+                 observe_timings: TimingsObserver | None = None):
         self.served, self.sessions, self.max_query_chars = served, sessions, max_query_chars
+        self.observe_timings = observe_timings
 
     # --- queries to vectors --------------------------------------------------------------------
     def check_text(self, text: str) -> str:
@@ -97,16 +104,18 @@ class SearchService:
     # --- the modes -----------------------------------------------------------------------------
     def text_to(self, target: str, text: str, k: int, offset: int = 0, min_score: float | None = None,
                 index: str | None = None) -> SearchResponse:
-        served = self.served.get(index)
-        vector, warnings = self.text_vector(served, text)
-        return self._respond(served, f"text->{target}", target, vector, k, offset, min_score, warnings)
+        served, clock = self.served.get(index), StageClock()
+        with clock.stage("encode"):
+            vector, warnings = self.text_vector(served, text)
+        return self._respond(served, clock, f"text->{target}", target, vector, k, offset, min_score, warnings)
 
     def image_to(self, target: str, query: QueryImage, k: int, offset: int = 0, min_score: float | None = None,
                  index: str | None = None) -> SearchResponse:
-        served = self.served.get(index)
-        vector = self.image_vector(served, query)
+        served, clock = self.served.get(index), StageClock()
+        with clock.stage("encode"):
+            vector = self.image_vector(served, query)
         exclude = {query.image_id} if query.image_id is not None and target == "image" else set()
-        return self._respond(served, f"image->{target}", target, vector, k, offset, min_score, [], exclude)
+        return self._respond(served, clock, f"image->{target}", target, vector, k, offset, min_score, [], exclude)
 
     def arithmetic(self, query: QueryImage, minus: list[str], plus: list[str], k: int, offset: int = 0,
                    min_score: float | None = None, minus_weight: float = 1.0, plus_weight: float = 1.0,
@@ -122,9 +131,10 @@ class SearchService:
     def compose(self, terms: list[WeightedTerm], target: str, k: int, offset: int = 0,
                 min_score: float | None = None, rerank_top: int | None = None, index: str | None = None,
                 strict_words: bool = False, exclude_ids: set[int] | None = None) -> SearchResponse:
-        served = self.served.get(index)
-        vector, warnings = self.combine(served, terms, strict_words)
-        return self._respond(served, f"compose->{target}", target, vector, k, offset, min_score, warnings,
+        served, clock = self.served.get(index), StageClock()
+        with clock.stage("encode"):
+            vector, warnings = self.combine(served, terms, strict_words)
+        return self._respond(served, clock, f"compose->{target}", target, vector, k, offset, min_score, warnings,
                              exclude_ids or set(), rerank_top)
 
     def embed(self, text: str | None, image: QueryImage | None, index: str | None = None) -> tuple[Served, np.ndarray]:
@@ -135,25 +145,32 @@ class SearchService:
         return served, vector
 
     # --- vectors to results --------------------------------------------------------------------
-    def _respond(self, served: Served, mode: str, target: str, vector: np.ndarray, k: int, offset: int,
-                 min_score: float | None, warnings: list[str], exclude: set[int] | None = None,
+    def _respond(self, served: Served, clock: StageClock, mode: str, target: str, vector: np.ndarray, k: int,
+                 offset: int, min_score: float | None, warnings: list[str], exclude: set[int] | None = None,
                  rerank_top: int | None = None) -> SearchResponse:
         wanted = offset + k + len(exclude or ()) + 8  # slack for rows deleted since the build
         if rerank_top:
             wanted = max(wanted, rerank_top)
-        scores, ids = served.version.search(target, vector[None, :], wanted)
-        scores, ids = scores[0], ids[0]
-        keep = ids >= 0
-        scores, ids = scores[keep], ids[keep]
-        if rerank_top and target == "image":
-            scores, ids = self._rerank_by_centroid(served, vector, scores[:rerank_top], ids[:rerank_top])
-        hits = self._hydrate_images(ids, scores, exclude or set()) if target == "image" else \
-            self._hydrate_captions(ids, scores)
+        with clock.stage("search"):
+            scores, ids = served.version.search(target, vector[None, :], wanted)
+            scores, ids = scores[0], ids[0]
+            keep = ids >= 0
+            scores, ids = scores[keep], ids[keep]
+            if rerank_top and target == "image":
+                scores, ids = self._rerank_by_centroid(served, vector, scores[:rerank_top], ids[:rerank_top])
         if min_score is not None:
-            hits = [hit for hit in hits if hit.score >= min_score]
+            above = scores >= min_score
+            scores, ids = scores[above], ids[above]
+        with clock.stage("metadata"):
+            # Only the page asked for (plus slack for excluded/deleted rows) is joined with the catalogue.
+            page_end = offset + k + len(exclude or ()) + 8
+            hits = self._hydrate_images(ids[:page_end], scores[:page_end], exclude or set()) if target == "image" \
+                else self._hydrate_captions(ids[:page_end], scores[:page_end])
+        if self.observe_timings:
+            self.observe_timings(mode, clock.ms)
         return SearchResponse(index=served.name, version=served.version.version.version,
                               encoder=served.encoder.name, mode=mode, k=k, offset=offset,
-                              results=hits[offset:offset + k], warnings=warnings)
+                              results=hits[offset:offset + k], warnings=warnings, timings_ms=clock.rounded())
 
     @staticmethod
     def _rerank_by_centroid(served: Served, query: np.ndarray, scores: np.ndarray, ids: np.ndarray

@@ -33,6 +33,8 @@ def test_text_to_image_and_text_to_text(client):
     assert {"id", "thumbnail_url", "score", "captions", "path"} <= set(first)
     scores = [hit["score"] for hit in body["results"]]
     assert scores == sorted(scores, reverse=True) and all(-1 <= s <= 1 for s in scores)
+    assert set(body["timings_ms"]) == {"encode", "search", "metadata"}
+    assert all(ms >= 0 for ms in body["timings_ms"].values())
     captions = client.get("/api/search/text", params={"q": "a small red circle", "target": "caption"}).json()
     assert captions["mode"] == "text->caption" and {"text", "image", "score"} <= set(captions["results"][0])
 
@@ -122,6 +124,9 @@ def test_image_detail_thumbnail_health_stats_metrics(client, gallery_ids):
     assert stats["default_index"] == "tiny" and stats["device"] == "cpu"
     metrics = client.get("/metrics").text
     assert 'imgsearch_requests_total{route="/api/stats",status="200"}' in metrics
+    client.get("/api/search/text", params={"q": "a red circle"})
+    metrics = client.get("/metrics").text
+    assert 'imgsearch_query_stage_seconds_count{mode="text->image",stage="encode"}' in metrics
     assert client.get("/openapi.json").json()["paths"]["/api/search/text"]
 
 

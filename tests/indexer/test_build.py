@@ -14,10 +14,11 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from indexer import store
-from indexer.build import BuildOptions, build_index
+from indexer.build import BuildOptions, build_index, publish_vectors
 from indexer.catalogue import CaptionRow, ImageRow, IndexEntry, IndexVersion
 from indexer.db import DatabaseError, session_factory
 from indexer.faiss_index import read_index, set_search_param
+from indexer.serving import LoadedVersion
 from indexer.status import index_status
 from models import CheckpointError, load_encoder
 from models.data import DatasetError
@@ -269,3 +270,38 @@ def test_cli_index_status_reindex(gallery, encoder_checkpoint, tmp_path):
     bad_db = _cli({**env, "DATABASE_URL": "postgresql+psycopg://x@/y?host=/nonexistent&port=1"}, "admin", "status")
     assert bad_db.returncode == 1 and "cannot reach the database" in bad_db.stderr
     assert len(bad_db.stderr.strip().splitlines()) == 1
+
+
+def _catalogue_rows(sessions, count: int) -> tuple[list[int], list[int]]:
+    with sessions() as session, session.begin():
+        images = [ImageRow(gallery="/imported", path=f"{i}.jpg", file_path=f"/imported/{i}.jpg", content_hash="0" * 64,
+                           file_size=1, file_mtime_ns=0, width=8, height=8) for i in range(count)]
+        session.add_all(images)
+        session.flush()
+        captions = [CaptionRow(image_id=image.id, text=f"caption {i}") for i, image in enumerate(images)]
+        session.add_all(captions)
+        session.flush()
+        return [i.id for i in images], [c.id for c in captions]
+
+
+def test_publish_vectors_serves_precomputed_embeddings(encoder_checkpoint, tmp_path, sessions):
+    image_ids, caption_ids = _catalogue_rows(sessions, 50)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(50, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    arrays = {"image_ids": np.asarray(image_ids), "image_vectors": vectors, "caption_ids": np.asarray(caption_ids),
+              "caption_image_ids": np.asarray(image_ids), "caption_vectors": vectors[::-1].copy()}
+    number = publish_vectors(name="imported", index_dir=tmp_path / "idx", sessions=sessions, gallery="/imported",
+                             encoder_spec=str(encoder_checkpoint), arrays=arrays)
+    loaded = LoadedVersion.load(store.current_version(tmp_path / "idx", "imported"))
+    assert number == 1 and loaded.manifest["image_count"] == 50
+    scores, ids = loaded.search("image", vectors[7:8], 1)
+    assert ids[0, 0] == image_ids[7] and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    assert loaded.search("caption", vectors[7:8], 1)[1][0, 0] == caption_ids[42]
+    with sessions() as session:
+        assert session.scalar(select(IndexVersion.status).where(IndexVersion.index_name == "imported")) == "active"
+    arrays["image_vectors"] = vectors[:, :16]
+    with pytest.raises(ValueError, match="16,\\)-d; .* 32 dimensions"):
+        publish_vectors(name="imported", index_dir=tmp_path / "idx", sessions=sessions, gallery="/imported",
+                        encoder_spec=str(encoder_checkpoint), arrays=arrays)
+    assert store.current_version(tmp_path / "idx", "imported").version == 1  # the bad call changed nothing

@@ -30,7 +30,8 @@ def test_exact_search_matches_a_full_sort():
 
 
 def test_choice_follows_size_and_memory_budget():
-    assert fi.choose_index(100_000, 512).kind == "flat"
+    assert fi.choose_index(16_000, 512).kind == "flat"
+    assert fi.choose_index(100_000, 512).kind == "ivfpq"  # a flat scan of 100k x 512 takes ~18 ms
     large = fi.choose_index(1_000_000, 512)
     assert large.kind == "ivfpq" and large.refine and large.factory == "IVF4096,PQ64x8"
     assert not fi.choose_index(1_000_000, 512, gpu=True).refine  # no exact re-ranking on GPU
