@@ -215,15 +215,24 @@ def admin_status() -> None:
 
 @cli.command()
 def serve(host: str = "127.0.0.1", port: int = 8000,
+          workers: Annotated[int, typer.Option(min=1, help="server processes (each loads the indexes)")] = 1,
+          access_log: Annotated[bool, typer.Option(help="log every request")] = True,
           reload: Annotated[bool, typer.Option(help="restart on code changes (development)")] = False) -> None:
     """Serve the search page and the REST API with uvicorn (settings from the environment)."""
+    import os
+
     import uvicorn
 
     from app.settings import get_settings
 
     settings = get_settings()
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # Each process serves one query at a time; thread pools per process would only fight
+        # over the same cores (torch and faiss both read this when they start).
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     typer.echo(f"serving {settings.index_dir} on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, reload=reload)
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, reload=reload, workers=workers,
+                access_log=access_log)
 
 
 # The demo's model: VSE++ (hardest negatives after a sum-of-hinges warm-up) small enough for 2 cores.

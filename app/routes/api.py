@@ -34,17 +34,17 @@ async def read_query_image(upload: UploadFile | None, image_id: int | None, max_
 
 
 @router.get("/search/text", response_model=SearchResponse, summary="Text -> images (or captions)")
-def search_text(search: SearchDep, q: Annotated[str, Query(description="the query text")], k: K = 10,
+async def search_text(search: SearchDep, q: Annotated[str, Query(description="the query text")], k: K = 10,
                 offset: Offset = 0, min_score: MinScore = None, index: IndexName = None,
                 target: Target = "image") -> SearchResponse:
-    return search.text_to(target, q, k, offset, min_score, index)
+    return await search.run(search.text_to, target, q, k, offset, min_score, index)
 
 
 @router.get("/search/image", response_model=SearchResponse, summary="Gallery image -> captions (or images)")
-def search_image_by_id(search: SearchDep, image_id: ImageId, k: K = 10, offset: Offset = 0,
+async def search_image_by_id(search: SearchDep, image_id: ImageId, k: K = 10, offset: Offset = 0,
                        min_score: MinScore = None, index: IndexName = None,
                        target: Target = "caption") -> SearchResponse:
-    return search.image_to(target, QueryImage(image_id=image_id), k, offset, min_score, index)
+    return await search.run(search.image_to, target, QueryImage(image_id=image_id), k, offset, min_score, index)
 
 
 @router.post("/search/image", response_model=SearchResponse, summary="Uploaded image -> captions (or images)")
@@ -57,17 +57,17 @@ async def search_image_upload(search: SearchDep, settings: SettingsDep,
                               index: Annotated[str | None, Form()] = None,
                               target: Annotated[Target, Form()] = "caption") -> SearchResponse:
     query = await read_query_image(file, image_id, settings.max_upload_bytes)
-    return search.image_to(target, query, k, offset, min_score, index)
+    return await search.run(search.image_to, target, query, k, offset, min_score, index)
 
 
 @router.get("/search/arithmetic", response_model=SearchResponse, summary="Gallery image - words + words -> images")
-def arithmetic_by_id(search: SearchDep, image_id: ImageId, minus: Annotated[list[str], Query()] = (),
+async def arithmetic_by_id(search: SearchDep, image_id: ImageId, minus: Annotated[list[str], Query()] = (),
                      plus: Annotated[list[str], Query()] = (), minus_weight: Annotated[float, Query(gt=0, le=10)] = 1,
                      plus_weight: Annotated[float, Query(gt=0, le=10)] = 1,
                      rerank_top: Annotated[int | None, Query(ge=2, le=1000)] = None, k: K = 10, offset: Offset = 0,
                      min_score: MinScore = None, index: IndexName = None) -> SearchResponse:
-    return search.arithmetic(QueryImage(image_id=image_id), list(minus), list(plus), k, offset, min_score,
-                             minus_weight, plus_weight, rerank_top, index)
+    return await search.run(search.arithmetic, QueryImage(image_id=image_id), list(minus), list(plus), k, offset,
+                            min_score, minus_weight, plus_weight, rerank_top, index)
 
 
 @router.post("/search/arithmetic", response_model=SearchResponse, summary="Image (upload or id) - words + words")
@@ -83,8 +83,8 @@ async def arithmetic_upload(search: SearchDep, settings: SettingsDep,
                             min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
                             index: Annotated[str | None, Form()] = None) -> SearchResponse:
     query = await read_query_image(file, image_id, settings.max_upload_bytes)
-    return search.arithmetic(query, list(minus), list(plus), k, offset, min_score, minus_weight, plus_weight,
-                             rerank_top, index)
+    return await search.run(search.arithmetic, query, list(minus), list(plus), k, offset, min_score, minus_weight,
+                            plus_weight, rerank_top, index)
 
 
 @router.post("/search/compose", response_model=SearchResponse,
@@ -108,8 +108,8 @@ async def compose(search: SearchDep, settings: SettingsDep,
         image = images[term.upload] if term.upload is not None else (
             QueryImage(image_id=term.image_id) if term.image_id is not None else None)
         terms.append(WeightedTerm(term.weight, text=term.text, image=image))
-    return search.compose(terms, parsed.target, parsed.k, parsed.offset, parsed.min_score, parsed.rerank_top,
-                          parsed.index, strict_words=True)
+    return await search.run(search.compose, terms, parsed.target, parsed.k, parsed.offset, parsed.min_score,
+                            parsed.rerank_top, parsed.index, strict_words=True)
 
 
 @router.post("/embed", response_model=EmbedResponse, summary="The normalised embedding of a text or an image")
@@ -117,7 +117,7 @@ async def embed(search: SearchDep, settings: SettingsDep, text: Annotated[str | 
                 file: Annotated[UploadFile | None, File()] = None,
                 index: Annotated[str | None, Form()] = None) -> EmbedResponse:
     image = await read_query_image(file, None, settings.max_upload_bytes) if file is not None else None
-    served, vector = search.embed(text, image, index)
+    served, vector = await search.run(search.embed, text, image, index)
     return EmbedResponse(index=served.name, encoder=served.encoder.name, dim=len(vector),
                          embedding=[round(float(x), 7) for x in vector])
 

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from app.deps import SearchDep, ServedDep
 from app.services.errors import ServiceError
@@ -20,7 +21,7 @@ MODES = ("text", "image", "arith")
 
 
 @router.get("/", response_class=HTMLResponse)
-def search_page(request: Request, search: SearchDep, served: ServedDep,
+async def search_page(request: Request, search: SearchDep, served: ServedDep,
                 mode: Annotated[str, Query()] = "text", q: str = "", id: str = "",
                 minus: Annotated[list[str], Query()] = (), plus: Annotated[list[str], Query()] = (),
                 k: str = "24", index: str | None = None) -> HTMLResponse:
@@ -30,15 +31,17 @@ def search_page(request: Request, search: SearchDep, served: ServedDep,
     id = int(id) if id.strip().isdigit() and 0 < int(id) <= 2**62 else None  # noqa: A001
     k = min(max(int(k), 1), 100) if k.strip().isdigit() else 24
     context = {"mode": mode, "q": q, "id": id, "minus": list(minus), "plus": list(plus), "k": k,
-               "index": index, "response": None, "error": None, "about": _about(served)}
+               "index": index, "response": None, "error": None,
+               "about": await run_in_threadpool(_about, served)}  # may load an index: not on the event loop
     try:
         if mode == "text" and q.strip():
-            context["response"] = search.text_to("image", q, k, index=index)
+            context["response"] = await search.run(search.text_to, "image", q, k, index=index)
         elif mode == "image" and id is not None:
-            context["response"] = search.image_to("caption", QueryImage(image_id=id), k, index=index)
+            context["response"] = await search.run(search.image_to, "caption", QueryImage(image_id=id), k,
+                                                   index=index)
         elif mode == "arith" and id is not None and (minus or plus):
-            context["response"] = search.arithmetic(QueryImage(image_id=id), list(minus), list(plus), k,
-                                                    index=index)
+            context["response"] = await search.run(search.arithmetic, QueryImage(image_id=id), list(minus),
+                                                   list(plus), k, index=index)
     except ServiceError as error:
         context["error"] = error.message
         return templates.TemplateResponse(request, "index.html", context, status_code=error.status_code)

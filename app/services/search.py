@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
+import anyio
 import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +25,7 @@ from app.services.timing import StageClock
 
 # Called with (mode, {stage: milliseconds}) after each query; the app feeds its Prometheus histograms.
 TimingsObserver = Callable[[str, dict[str, float]], None]
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -52,9 +56,18 @@ def normalise(vector: np.ndarray) -> np.ndarray:
 
 class SearchService:
     def __init__(self, served: ServedIndexes, sessions: sessionmaker[Session], max_query_chars: int = 500,
-                 observe_timings: TimingsObserver | None = None):
+                 observe_timings: TimingsObserver | None = None, concurrency: int = 1):
         self.served, self.sessions, self.max_query_chars = served, sessions, max_query_chars
-        self.observe_timings = observe_timings
+        self.observe_timings, self.concurrency = observe_timings, concurrency
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def run(self, method: Callable[..., Result], *args, **kwargs) -> Result:
+        """Run a query method in a worker thread, at most `concurrency` at once in this process.
+        Queries are CPU-bound: running more at once only shares the cores (and the database pool)
+        between them, so every one of them finishes later. The event loop stays free meanwhile."""
+        if self._limiter is None:  # created on first use: it needs a running event loop
+            self._limiter = anyio.CapacityLimiter(self.concurrency)
+        return await anyio.to_thread.run_sync(partial(method, *args, **kwargs), limiter=self._limiter)
 
     # --- queries to vectors --------------------------------------------------------------------
     def check_text(self, text: str) -> str:
