@@ -1,7 +1,7 @@
 """Train and evaluate encoders on a dataset; print one Recall@K table and write it as JSON.
 
-    python bench/train_bench.py --suite flickr8k            # VSE0 / VSE++, GRU and MiniLM towers
-    python bench/train_bench.py --suite synthetic           # VSE / VSE++ on the synthetic scenes
+    python bench/train_bench.py --suite flickr8k            # VSE0 / VSE++ (GRU, MiniLM), Dual-Path + ablations
+    python bench/train_bench.py --suite synthetic           # VSE / VSE++ / Dual-Path on the synthetic scenes
     python bench/train_bench.py --suite flickr8k --reuse    # re-read finished runs, train nothing
 
 Each run is a separate `imgsearch train` process, so its wall time and peak memory are its own.
@@ -28,10 +28,16 @@ SUITES = {
         ("VSE++, GRU, from VSE0", "configs/flickr8k_vsepp_gru_from_vse.toml"),
         ("VSE0, MiniLM (frozen)", "configs/flickr8k_vse_minilm.toml"),
         ("VSE++, MiniLM (frozen)", "configs/flickr8k_vsepp_minilm.toml"),
+        ("Dual-Path", "configs/flickr8k_dual_path.toml"),
+        ("Dual-Path, no instance loss", "configs/flickr8k_dual_path_no_instance.toml"),
+        ("Dual-Path, no Stage I", "configs/flickr8k_dual_path_no_stage1.toml"),
     ],
     "synthetic": [
         ("VSE, GRU", "configs/synthetic_vse.toml"),
         ("VSE++, GRU", "configs/synthetic_vsepp.toml"),
+        ("Dual-Path", "configs/synthetic_dual_path.toml"),
+        ("Dual-Path, no instance loss", "configs/synthetic_dual_path_no_instance.toml"),
+        ("Dual-Path, no Stage I", "configs/synthetic_dual_path_no_stage1.toml"),
     ],
 }
 METRIC_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "rsum")
@@ -79,12 +85,12 @@ def summarise(label: str, config: Path, out_dir: Path, data: Path) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    header = (f"{'run':<24}{'i2t R@1':>8}{'R@5':>6}{'R@10':>6}{'medr':>6}{'t2i R@1':>9}{'R@5':>6}{'R@10':>6}"
+    header = (f"{'run':<30}{'i2t R@1':>8}{'R@5':>6}{'R@10':>6}{'medr':>6}{'t2i R@1':>9}{'R@5':>6}{'R@10':>6}"
               f"{'medr':>6}{'rsum':>7}{'epochs':>7}{'train min':>10}{'wall min':>9}{'peak GB':>8}")
     print(header)
     for r in rows:
         wall = f"{r['wall_minutes']:.1f}" if r["wall_minutes"] is not None else "-"
-        print(f"{r['run']:<24}{r['i2t_r1']:>8.1f}{r['i2t_r5']:>6.1f}{r['i2t_r10']:>6.1f}{r['i2t_medr']:>6.0f}"
+        print(f"{r['run']:<30}{r['i2t_r1']:>8.1f}{r['i2t_r5']:>6.1f}{r['i2t_r10']:>6.1f}{r['i2t_medr']:>6.0f}"
               f"{r['t2i_r1']:>9.1f}{r['t2i_r5']:>6.1f}{r['t2i_r10']:>6.1f}{r['t2i_medr']:>6.0f}{r['rsum']:>7.1f}"
               f"{r['best_epoch']:>4}/{r['epochs_run']:<2}{r['train_minutes']:>10.1f}{wall:>9}{r['peak_memory_gb']:>8.2f}")
 
@@ -110,6 +116,9 @@ def main() -> None:
     data = args.data or (SHARED_FLICKR8K if args.suite == "flickr8k" else synthetic_dataset(args.scenes))
     if not Path(data).exists():
         sys.exit(f"dataset {data} not found (the Flickr8k suite needs ../shared/data/flickr8k)")
+    out = args.out or ROOT / "bench" / "results" / f"train_{args.suite}.json"
+    # Runs whose folder is gone (runs/ is not kept between machines) keep their last reported row.
+    previous = {r["run"]: r for r in json.loads(out.read_text())["rows"]} if out.is_file() else {}
     rows = []
     for label, config in SUITES[args.suite]:
         out_dir = ROOT / "runs" / Path(config).stem
@@ -119,10 +128,11 @@ def main() -> None:
             (out_dir / "wall_seconds.json").write_text(json.dumps({"wall_seconds": wall}))
         if (out_dir / "metrics.json").is_file():
             rows.append(summarise(label, ROOT / config, out_dir, Path(data)))
+        elif label in previous:
+            rows.append(previous[label])
     if rows:
         print(f"metrics on the {rows[0]['reported_split']} split")
     print_table(rows)
-    out = args.out or ROOT / "bench" / "results" / f"train_{args.suite}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"suite": args.suite, "data": str(data), "machine": platform.processor() or
                                platform.machine(), "cpu_count": os.cpu_count(), "rows": rows}, indent=1))

@@ -107,3 +107,24 @@ def build_ranking_loss(cfg: dict[str, Any]) -> nn.Module:
 def ranking_loss(loss: nn.Module, scores: torch.Tensor, epoch: int) -> torch.Tensor:
     """Call a ranking loss, passing the epoch to those with a schedule."""
     return loss(scores, epoch) if isinstance(loss, HardNegativeSchedule) else loss(scores)
+
+
+class InstanceLoss(nn.Module):
+    """Zheng et al.'s instance loss: each training image is its own class, and its captions share
+    that class. ONE classifier W scores both modalities, which is what pulls an image and its
+    captions towards the same region of the space:
+
+        L = CE(W f_image, y) + CE(W f_text, y),   y = the image's index in the training set
+    """
+
+    def __init__(self, dim: int, classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.classifier = nn.Linear(dim, classes, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image term, text term); the loss is their sum."""
+        image_term = F.cross_entropy(self.classifier(self.dropout(image_features)), labels)
+        text_term = F.cross_entropy(self.classifier(self.dropout(text_features)), labels)
+        return image_term, text_term

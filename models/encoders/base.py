@@ -77,9 +77,24 @@ class Encoder(nn.Module):
     def text_embedding(self, texts: list[str]) -> torch.Tensor:
         raise NotImplementedError
 
-    def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int) -> dict[str, torch.Tensor]:
-        """Named loss terms for one batch of matching (image, caption) pairs; 'loss' is the total."""
+    def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
+                        image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Named loss terms for one batch of matching (image, caption) pairs; 'loss' is the total.
+        `image_ids` are the images' indices in the training split (for losses that use them)."""
         raise NotImplementedError
+
+    # --- optional training hooks ------------------------------------------------------------
+    @classmethod
+    def config_for_training_set(cls, config: dict[str, Any], train_records: Sequence[Any]) -> dict[str, Any]:
+        """The config to build a new encoder with, given the training split (e.g. its size)."""
+        return config
+
+    def prepare_for_training(self, train_records: Sequence[Any]) -> None:
+        """Data-dependent initialisation of a new encoder (e.g. word vectors from the captions)."""
+
+    def describe_epoch(self, epoch: int) -> dict[str, Any]:
+        """What the training log should record about this epoch (e.g. a training stage)."""
+        return {}
 
     def vocabulary_words(self) -> list[str] | None:
         """The word list to store in the checkpoint (None when the text tower needs none)."""

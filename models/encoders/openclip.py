@@ -43,7 +43,8 @@ class OpenCLIPEncoder(Encoder):
     def text_embedding(self, texts: list[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device))
 
-    def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int) -> dict[str, torch.Tensor]:
+    def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
+                        image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         images = l2_normalize(self.image_embedding(pixels))
         texts = l2_normalize(self.text_embedding(captions))
         loss = self.loss(images @ texts.t())

@@ -21,7 +21,7 @@ from models.vocab import Vocabulary
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 _FAMILIES: dict[str, type[Encoder]] = {}
-_FAMILY_MODULES = ("models.encoders.vse", "models.encoders.openclip")
+_FAMILY_MODULES = ("models.encoders.vse", "models.encoders.openclip", "models.encoders.dual_path")
 
 
 def register_family(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
@@ -67,18 +67,28 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict
 
 def needs_vocabulary(config: dict[str, Any]) -> bool:
     """Whether the text tower is word-level, so training must build a vocabulary first."""
-    return config.get("family") != "openclip" and config.get("text", {}).get("kind", "gru") in ("gru", "lstm")
+    word_level = ("gru", "lstm", "textcnn")
+    return config.get("family") != "openclip" and config.get("text", {}).get("kind", "gru") in word_level
+
+
+def family_class(config: dict[str, Any]) -> type[Encoder]:
+    """The Encoder subclass a config's "family" names."""
+    family = config.get("family")
+    families = _families()
+    if family not in families:
+        raise ValueError(f"unknown encoder family {family!r}; known: {', '.join(sorted(families))}")
+    return families[family]
 
 
 def create_encoder(name: str, vocab: Vocabulary | None = None, overrides: dict[str, Any] | None = None,
                    config: dict[str, Any] | None = None) -> Encoder:
     """Build an untrained (or pretrained, where its config says so) encoder by registry name."""
     config = merge_config(config if config is not None else get_encoder_config(name), overrides)
-    family = config.get("family")
-    families = _families()
-    if family not in families:
-        raise ValueError(f"encoder {name!r}: unknown family {family!r}; known: {', '.join(sorted(families))}")
-    return families[family](name, config, vocab=vocab)
+    try:
+        cls = family_class(config)
+    except ValueError as error:
+        raise ValueError(f"encoder {name!r}: {error}") from None
+    return cls(name, config, vocab=vocab)
 
 
 def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:

@@ -60,7 +60,8 @@ class VSE(Encoder):
     def text_embedding(self, texts: list[str]) -> torch.Tensor:
         return self.text_tower(texts)
 
-    def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int) -> dict[str, torch.Tensor]:
+    def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
+                        image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         images = l2_normalize(self.image_embedding(pixels))
         texts = l2_normalize(self.text_embedding(captions))
         loss = ranking_loss(self.loss, images @ texts.t(), epoch)

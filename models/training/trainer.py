@@ -22,7 +22,7 @@ from tqdm import tqdm
 from models.data import DecodedSplit, decode_split, load_records, select_split
 from models.data.records import ImageRecord
 from models.encoders import Encoder, create_encoder, load_encoder, needs_vocabulary
-from models.encoders.registry import get_encoder_config, merge_config, without_pretrained
+from models.encoders.registry import family_class, get_encoder_config, merge_config, without_pretrained
 from models.evaluation import RetrievalMetrics, evaluate_encoder
 from models.io import atomic_torch_save
 from models.training.config import TrainConfig
@@ -84,7 +84,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                                  None if budget is None else budget - spent, progress)
         spent += stats["train_seconds"]
         metrics = evaluate_encoder(encoder, val_split)
-        history.append({"epoch": epoch + 1, **stats, "lr": scheduler.get_last_lr()[0],
+        history.append({"epoch": epoch + 1, **encoder.describe_epoch(epoch), **stats, "lr": scheduler.get_last_lr()[0],
                         "val": metrics.as_dict(), "peak_memory_mb": _peak_memory_mb()})
         if metrics.rsum > best_rsum:
             best_rsum = metrics.rsum
@@ -105,13 +105,17 @@ def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:
             raise ValueError("image_size cannot be overridden for open_clip towers: their position embeddings "
                              "fix it (set image_size in the model's model_cfg instead)")
         model_config["image_size"] = config.image_size
+    train_records = select_split(records, "train")
+    model_config = family_class(model_config).config_for_training_set(model_config, train_records)
     vocab = None
     if needs_vocabulary(model_config):
-        captions = [c for r in select_split(records, "train") for c in r.captions]
+        captions = [c for r in train_records for c in r.captions]
         if not captions:
             raise ValueError(f"{config.data}: the train split has no captions to build a vocabulary from")
         vocab = Vocabulary.build(captions, min_count=config.min_word_count)
-    return create_encoder(config.model, vocab=vocab, config=model_config)
+    encoder = create_encoder(config.model, vocab=vocab, config=model_config)
+    encoder.prepare_for_training(train_records)
+    return encoder
 
 
 def _warm_start(config: TrainConfig) -> Encoder:
@@ -164,12 +168,14 @@ def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit
     order = torch.randperm(len(split))
     batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     batches = [b for b in batches if len(b) >= 2]  # a batch of one has no negatives
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress)
+    stage = encoder.describe_epoch(epoch).get("stage")
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}" + (f" [stage {stage}]" if stage else ""),
+               unit="batch", disable=not progress)
     started, seen, steps, total_loss, terms = time.perf_counter(), 0, 0, 0.0, {}
     for batch in bar:
         pixels = _augment(split.pixels[batch], encoder.image_size, config).to(encoder.device, non_blocking=True)
         captions = [random.choice(split.records[i].captions) for i in batch.tolist()]
-        losses = encoder.training_losses(pixels, captions, epoch)
+        losses = encoder.training_losses(pixels, captions, epoch, image_ids=batch)
         if not torch.isfinite(losses["loss"]):
             raise FloatingPointError(f"epoch {epoch + 1}, step {steps + 1}: the loss is {float(losses['loss'])}; "
                                      "lower the learning rate (the last good checkpoint is kept)")
@@ -232,7 +238,8 @@ def _report_epoch(entry: dict, progress: bool) -> None:
     if not progress:
         return
     val = entry["val"]
-    print(f"epoch {entry['epoch']}: loss {entry['train_loss']:.4f}, {entry['images_per_second']:.0f} img/s, "
+    stage = f" [stage {entry['stage']}]" if "stage" in entry else ""
+    print(f"epoch {entry['epoch']}{stage}: loss {entry['train_loss']:.4f}, {entry['images_per_second']:.0f} img/s, "
           f"val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})", flush=True)
 
 
