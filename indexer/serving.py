@@ -90,6 +90,13 @@ class LiveIndex:
             raise LookupError(f"index {self.name!r} has no version yet in {self.index_dir}")
         return loaded
 
+    def reload_in_background(self) -> None:
+        """If CURRENT changed, load the new version in a thread and return at once: queries keep
+        the loaded version meanwhile instead of waiting for seconds of disk reads."""
+        if store.pointer_stamp(self.index_dir, self.name) == self._pointer_stamp or self._lock.locked():
+            return
+        threading.Thread(target=self.reload_if_changed, name=f"reload-{self.name}", daemon=True).start()
+
     def reload_if_changed(self) -> bool:
         """Load the version CURRENT names if it changed since the last load; True when it swapped."""
         stamp = store.pointer_stamp(self.index_dir, self.name)

@@ -33,7 +33,8 @@ def reindex(request: Request, settings: SettingsDep, name: Annotated[str | None,
                 # workers=0: no forked decoder processes inside the (multi-threaded) server
                 options = build.BuildOptions(progress=False, device=settings.device, workers=0)
                 jobs[each] = build.reindex(each, index_dir=settings.index_dir, sessions=sessions, full=full,
-                                     options=options).summary()
+                                           options=options).summary()
+                request.app.state.served.reload_all()  # serve the new version as soon as the job is done
             except Exception as error:  # reported through /status; the server keeps serving
                 jobs[each] = f"failed: {type(error).__name__}: {error}"
 

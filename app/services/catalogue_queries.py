@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from indexer.catalogue import CaptionRow, ImageRow
@@ -30,20 +30,25 @@ class CaptionInfo:
     image_id: int
 
 
+# Built once: these run on every search, and building a statement costs more than running it.
+_IMAGES_WITH_CAPTIONS = (
+    select(ImageRow.id, ImageRow.path, ImageRow.file_path, ImageRow.content_hash, ImageRow.width,
+           ImageRow.height, CaptionRow.text)
+    .outerjoin(CaptionRow, CaptionRow.image_id == ImageRow.id)
+    .where(ImageRow.id.in_(bindparam("ids", expanding=True)))
+    .order_by(ImageRow.id, CaptionRow.position, CaptionRow.id))
+_CAPTIONS = (select(CaptionRow.id, CaptionRow.text, CaptionRow.source, CaptionRow.image_id)
+             .where(CaptionRow.id.in_(bindparam("ids", expanding=True))))
+
+
 def images_by_id(*, session: Session, image_ids: Sequence[int]) -> dict[int, ImageInfo]:
     """Images (with captions) by row id; ids no longer in the catalogue are simply absent. One
-    join read as plain rows, not ORM objects: it runs on every search, where objects cost more than SQL."""
+    join read as plain rows, not ORM objects (which cost more than the SQL here)."""
     if not image_ids:
         return {}
-    rows = session.execute(
-        select(ImageRow.id, ImageRow.path, ImageRow.file_path, ImageRow.content_hash, ImageRow.width,
-               ImageRow.height, CaptionRow.text)
-        .outerjoin(CaptionRow, CaptionRow.image_id == ImageRow.id)
-        .where(ImageRow.id.in_([int(i) for i in image_ids]))
-        .order_by(ImageRow.id, CaptionRow.position, CaptionRow.id))
     images: dict[int, tuple] = {}
     captions: dict[int, list[str]] = {}
-    for *image, text in rows:
+    for *image, text in session.execute(_IMAGES_WITH_CAPTIONS, {"ids": [int(i) for i in image_ids]}):
         images.setdefault(image[0], tuple(image))
         if text is not None:
             captions.setdefault(image[0], []).append(text)
@@ -53,8 +58,7 @@ def images_by_id(*, session: Session, image_ids: Sequence[int]) -> dict[int, Ima
 def captions_by_id(*, session: Session, caption_ids: Sequence[int]) -> dict[int, CaptionInfo]:
     if not caption_ids:
         return {}
-    rows = session.execute(select(CaptionRow.id, CaptionRow.text, CaptionRow.source, CaptionRow.image_id)
-                           .where(CaptionRow.id.in_([int(i) for i in caption_ids])))
+    rows = session.execute(_CAPTIONS, {"ids": [int(i) for i in caption_ids]})
     return {row.id: CaptionInfo(*row) for row in rows}
 
 

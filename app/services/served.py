@@ -52,7 +52,8 @@ class ServedIndexes:
         return self.names[0] if self.names else None
 
     def get(self, name: str | None = None) -> Served:
-        """The current version of index `name` (the default when None), reloaded if it changed."""
+        """The loaded version of index `name` (the default when None); a newer one, if CURRENT
+        changed, is loaded in the background and serves from the first request after it is ready."""
         if name is not None and name not in self._live:
             self.discover()
         chosen = name or self.default_name
@@ -61,7 +62,7 @@ class ServedIndexes:
         if chosen not in self._live:
             raise NotFound(f"unknown encoder/index {name!r}; served: {', '.join(self.names) or 'none'}")
         live = self._live[chosen]
-        live.reload_if_changed()  # one stat() per request: picks up admin reindexes without a restart
+        live.reload_in_background()  # one stat() per request: new versions serve without a restart
         version = live.current
         return Served(chosen, version, self._encoder_for(version))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 import pytest
 from PIL import Image
@@ -221,7 +222,6 @@ def test_admin_disabled_without_a_configured_token(app_dirs):
 
 
 def test_admin_reindex_runs_in_the_background(client):
-    import time
 
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     assert client.post("/api/admin/reindex", headers=headers).json() == {"started": ["tiny"]}
@@ -241,8 +241,16 @@ def test_a_new_version_is_served_without_restart(client, app_dirs):
     build_index(gallery=str(app_dirs["gallery"]), encoder_spec=str(app_dirs["checkpoint"]), name="tiny",
                 index_dir=app_dirs["index_dir"], sessions=session_factory(app_dirs["url"]), full=True,
                 options=BuildOptions(progress=False, workers=0))
+    # The first request after the switch starts loading the new version in the background and is
+    # answered from the old one; the new one serves as soon as it is loaded.
+    versions = []
+    for _ in range(100):
+        versions.append(client.get("/api/search/text", params={"q": "a red circle"}).json()["version"])
+        if versions[-1] == 2:
+            break
+        time.sleep(0.05)
+    assert versions[-1] == 2 and set(versions) <= {1, 2}
     assert client.get("/api/stats").json()["indexes"][0]["version"] == 2
-    assert client.get("/api/search/text", params={"q": "a red circle"}).json()["version"] == 2
 
 
 def test_no_index_yet_is_a_503(tmp_path):
@@ -253,3 +261,37 @@ def test_no_index_yet_is_a_503(tmp_path):
         response = client.get("/api/search/text", params={"q": "a"})
         assert response.status_code == 503 and "no index is built yet" in response.json()["detail"]
         assert client.get("/").status_code == 200  # the page still renders, with the reason
+
+
+# --- several encoder families served side by side ----------------------------------------------
+def test_a_dual_path_index_built_by_the_cli_is_served_beside_the_vse_one(app_dirs):
+    import os
+    import subprocess
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from models import create_encoder
+    from models.data import load_records
+    from models.vocab import Vocabulary
+    from tests.conftest import ROOT
+
+    captions = [c for r in load_records(app_dirs["gallery"]) for c in r.captions]
+    dual = create_encoder("dual_path_tiny", vocab=Vocabulary.build(captions),
+                          overrides={"instance_loss": {"classes": 40}})
+    checkpoint = dual.save(app_dirs["root"] / "dual.pt")
+    env = {**os.environ, "DATABASE_URL": app_dirs["url"], "INDEX_DIR": str(app_dirs["index_dir"])}
+    built = subprocess.run([sys.executable, "-m", "app.cli", "index", "--gallery", str(app_dirs["gallery"]),
+                            "--encoder", str(checkpoint), "--name", "dual", "--workers", "0"],
+                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert built.returncode == 0, built.stderr
+    with TestClient(create_app(make_settings(app_dirs))) as client:
+        stats = {i["name"]: i for i in client.get("/api/stats").json()["indexes"]}
+        assert stats["dual"]["encoder"] == "dual_path_tiny" and stats["tiny"]["encoder"] == "vse_tiny_gru"
+        assert stats["dual"]["images"] == 40
+        bodies = {name: client.get("/api/search/text", params={"q": "a red circle", "k": 3, "index": name}).json()
+                  for name in ("dual", "tiny")}
+        assert all(body["index"] == name and len(body["results"]) == 3 for name, body in bodies.items())
+        image_id = bodies["dual"]["results"][0]["id"]
+        captions = client.get("/api/search/image", params={"image_id": image_id, "index": "dual"}).json()
+        assert captions.get("encoder") == "dual_path_tiny" and captions["results"], captions
