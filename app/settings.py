@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(None, description="bearer token for admin endpoints; unset disables them")
     max_upload_bytes: int = Field(10 * 2**20, description="largest accepted image upload")
     max_query_chars: int = Field(500, description="longest accepted text query")
-    search_threads: int = Field(1, ge=1, description="queries computed at once per server process: they are "
+    search_threads: int = Field(1, ge=0, description="queries computed at once per server process: they are "
                                                       "CPU-bound, so run one process per core instead")
 
     @field_validator("database_url")

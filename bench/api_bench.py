@@ -8,11 +8,12 @@ with one caption each and an index of N structured synthetic image vectors and N
 (each its image's vector plus noise), published with the product's own `publish_vectors`; the
 text encoder is the real checkpoint. It then starts `imgsearch serve` in a subprocess and drives
 it from this process with C concurrent keep-alive HTTP/1.1 connections (a small asyncio client:
-a heavier one would take CPU from the server on this 2-core machine), each request bounded by
-`--requests` and `--seconds`. Queries: Flickr8k val captions (text -> image) and random gallery
-image ids (image -> text); with the Flickr8k photos present, also uploaded JPEGs (image -> text
-through the image CNN). Latency is measured at the client; the encode / search / metadata split
-comes from the server's own `timings_ms`, and "http" is the rest (parsing, routing, JSON, queueing).
+a heavier one would take CPU from the server on this 2-core machine), each run bounded by
+`--requests` and `--seconds`. Queries: 50 search-box queries of 1-4 words and Flickr8k val
+captions (about 11 words) for text -> image, random gallery image ids for image -> text and,
+with the Flickr8k photos present, uploaded JPEGs (image -> text through the image CNN). Latency
+is measured at the client; the encode / search / metadata split comes from the server's own
+`timings_ms`, and "http" is the rest (parsing, routing, JSON, queueing).
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
 INDEX_NAME = "bench"
 FALLBACK_QUERIES = ["a dog runs across the grass", "two children play in the water", "a man rides a bike",
                     "a woman in a red dress walks down the street", "a group of people stand in the snow"]
+# What people type into a search box: 1-4 words, unlike the 11-word Flickr8k captions.
+SHORT_QUERIES = ["dog", "black dog", "dog on the beach", "two dogs playing", "dog catching a ball", "puppy",
+                 "child", "girl in pink", "boy jumping", "children in a pool", "baby", "kids playing soccer",
+                 "man on a bike", "mountain biker", "skateboarder", "snowboarder jumping", "skier", "surfer",
+                 "climber on a rock", "man in a red shirt", "woman with an umbrella", "crowd", "people on a street",
+                 "wedding", "football game", "basketball player", "runner", "swimmer", "horse", "cat", "bird",
+                 "water", "snow", "beach at sunset", "city street", "grass field", "forest trail", "mountains",
+                 "boat on a lake", "car", "motorcycle", "fountain", "playground", "tent", "red jacket",
+                 "blue water", "old man", "musician with a guitar", "dancers", "fireworks"]
 
 
 # --- the gallery: catalogue rows and published vectors ------------------------------------------
@@ -236,7 +246,8 @@ def query_sets(size: int, uploads: int, seed: int = 0) -> dict[str, list[Request
     else:
         val, texts = [], FALLBACK_QUERIES
     rng.shuffle(texts)
-    sets = {"text->image": [get_request("/api/search/text", {"q": t, "k": 10}) for t in texts[:2000]],
+    sets = {"text->image, 1-4 words": [get_request("/api/search/text", {"q": t, "k": 10}) for t in SHORT_QUERIES],
+            "text->image, captions": [get_request("/api/search/text", {"q": t, "k": 10}) for t in texts[:2000]],
             "image id->captions": [get_request("/api/search/image", {"image_id": rng.randint(1, size), "k": 10})
                                    for _ in range(2000)]}
     if val and uploads:

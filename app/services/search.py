@@ -62,9 +62,11 @@ class SearchService:
         self._limiter: anyio.CapacityLimiter | None = None
 
     async def run(self, method: Callable[..., Result], *args, **kwargs) -> Result:
-        """Run a query method in a worker thread, at most `concurrency` at once in this process.
-        Queries are CPU-bound: running more at once only shares the cores (and the database pool)
-        between them, so every one of them finishes later. The event loop stays free meanwhile."""
+        """Run a query method in a worker thread, at most `concurrency` at once in this process,
+        or (concurrency 0) right here on the event loop. Queries are CPU-bound: running more at
+        once only shares the cores (and the database pool) between them, so all finish later."""
+        if self.concurrency == 0:
+            return method(*args, **kwargs)
         if self._limiter is None:  # created on first use: it needs a running event loop
             self._limiter = anyio.CapacityLimiter(self.concurrency)
         return await anyio.to_thread.run_sync(partial(method, *args, **kwargs), limiter=self._limiter)

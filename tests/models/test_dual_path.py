@@ -153,6 +153,18 @@ def test_word_vectors_from_a_text_file(tmp_path):
         initialise_embedding(embedding, VOCAB, {"red": np.ones(3, np.float32)})
 
 
+def test_word2vec_trained_on_the_captions_starts_the_embedding():
+    pytest.importorskip("gensim", reason="gensim (the word2vec extra) is not installed")
+    encoder = _encoder(text={"word_vectors": "word2vec"})
+    before = encoder.text_tower.embed.weight.detach().clone()
+    records = [type("Record", (), {"captions": (c,)})() for c in CAPTIONS * 20]
+    encoder.prepare_for_training(records)
+    after = encoder.text_tower.embed.weight.detach()
+    changed = [w for w in VOCAB.words[4:] if not torch.equal(before[VOCAB.index[w]], after[VOCAB.index[w]])]
+    assert changed == VOCAB.words[4:]  # every caption word got its word2vec vector
+    assert torch.equal(before[:4], after[:4])  # padding and the special tokens are left alone
+
+
 def test_training_runs_both_stages_and_logs_them(scenes, tmp_path, capsys):
     glove = tmp_path / "vectors.txt"
     glove.write_text("red " + " ".join(["0.5"] * 16) + "\n")
