@@ -21,8 +21,9 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(None, description="bearer token for admin endpoints; unset disables them")
     max_upload_bytes: int = Field(10 * 2**20, description="largest accepted image upload")
     max_query_chars: int = Field(500, description="longest accepted text query")
-    search_threads: int = Field(1, ge=0, description="queries computed at once per server process: they are "
-                                                      "CPU-bound, so run one process per core instead")
+    search_threads: int = Field(0, ge=0, description="0: queries run on each server process's event loop, one "
+                                                      "at a time (fastest: run a process per core, serve "
+                                                      "--workers); N: in a pool of N threads per process")
 
     @field_validator("database_url")
     @classmethod

@@ -246,8 +246,8 @@ def query_sets(size: int, uploads: int, seed: int = 0) -> dict[str, list[Request
     else:
         val, texts = [], FALLBACK_QUERIES
     rng.shuffle(texts)
-    sets = {"text->image, 1-4 words": [get_request("/api/search/text", {"q": t, "k": 10}) for t in SHORT_QUERIES],
-            "text->image, captions": [get_request("/api/search/text", {"q": t, "k": 10}) for t in texts[:2000]],
+    sets = {"text->image (1-4 words)": [get_request("/api/search/text", {"q": t, "k": 10}) for t in SHORT_QUERIES],
+            "text->image (captions)": [get_request("/api/search/text", {"q": t, "k": 10}) for t in texts[:2000]],
             "image id->captions": [get_request("/api/search/image", {"image_id": rng.randint(1, size), "k": 10})
                                    for _ in range(2000)]}
     if val and uploads:
@@ -273,6 +273,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="requests per run, at most")
     parser.add_argument("--seconds", type=float, default=20, help="seconds per run, at most")
     parser.add_argument("--uploads", type=int, default=200, help="distinct upload queries (0: none)")
+    parser.add_argument("--modes", help="comma-separated subset of the query modes (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="server processes")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/imgsearch-api-bench"))
@@ -291,6 +292,8 @@ def main() -> None:
         server = start_server(database_url, index_dir, args.port, args.workers)
         try:
             for mode, requests in query_sets(size, args.uploads).items():
+                if args.modes and mode not in args.modes.split(","):
+                    continue
                 asyncio.run(drive(args.port, requests, 4, 100, 60, record=False))  # warm every worker
                 for clients in (int(c) for c in args.clients.split(",")):
                     count = args.requests if "upload" not in mode else min(args.requests, 500)
@@ -305,6 +308,7 @@ def main() -> None:
     print(table(rows))
     report = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "checkpoint": str(args.checkpoint), "embed_dim": dim, "workers": args.workers,
+              "search_threads": os.environ.get("SEARCH_THREADS", "1 (default)"),
               "requests_per_run": args.requests, "seconds_per_run": args.seconds, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

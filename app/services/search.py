@@ -56,7 +56,7 @@ def normalise(vector: np.ndarray) -> np.ndarray:
 
 class SearchService:
     def __init__(self, served: ServedIndexes, sessions: sessionmaker[Session], max_query_chars: int = 500,
-                 observe_timings: TimingsObserver | None = None, concurrency: int = 1):
+                 observe_timings: TimingsObserver | None = None, concurrency: int = 0):
         self.served, self.sessions, self.max_query_chars = served, sessions, max_query_chars
         self.observe_timings, self.concurrency = observe_timings, concurrency
         self._limiter: anyio.CapacityLimiter | None = None
@@ -177,10 +177,7 @@ class SearchService:
             above = scores >= min_score
             scores, ids = scores[above], ids[above]
         with clock.stage("metadata"):
-            # Only the page asked for (plus slack for excluded/deleted rows) is joined with the catalogue.
-            page_end = offset + k + len(exclude or ()) + 8
-            hits = self._hydrate_images(ids[:page_end], scores[:page_end], exclude or set()) if target == "image" \
-                else self._hydrate_captions(ids[:page_end], scores[:page_end])
+            hits = self._hydrate_page(target, ids, scores, exclude or set(), offset + k)
         if self.observe_timings:
             self.observe_timings(mode, clock.ms)
         return SearchResponse(index=served.name, version=served.version.version.version,
@@ -198,6 +195,20 @@ class SearchService:
         centroid = normalise(vectors.mean(axis=0))
         order = np.argsort(-(vectors @ centroid), kind="stable")
         return scores[order], ids[order]
+
+    def _hydrate_page(self, target: str, ids: np.ndarray, scores: np.ndarray, exclude: set[int],
+                      count: int) -> list[ImageHit] | list[CaptionHit]:
+        """Hits for the first `count` usable ids. Only about a page is read from the catalogue: ids
+        excluded or deleted since the build are skipped and the next ones read in their place."""
+        hits: list = []
+        start = 0
+        while len(hits) < count and start < len(ids):
+            end = start + count - len(hits) + (len(exclude) if start == 0 else 0)
+            page_ids, page_scores = ids[start:end], scores[start:end]
+            hits += self._hydrate_images(page_ids, page_scores, exclude) if target == "image" else \
+                self._hydrate_captions(page_ids, page_scores)
+            start = end
+        return hits
 
     def _hydrate_images(self, ids: np.ndarray, scores: np.ndarray, exclude: set[int]) -> list[ImageHit]:
         with self.sessions() as session:
