@@ -221,18 +221,22 @@ async def drive(port: int, requests: list[Request], clients: int, count: int, se
     return outcome, time.perf_counter() - started
 
 
-def summarise(mode: str, clients: int, outcome: Outcome, wall: float) -> dict:
-    latencies = sorted(outcome.latencies_ms)
+def summarise(mode: str, clients: int, runs: list[tuple[Outcome, float]]) -> dict:
+    """Latency percentiles over all repeats pooled; throughput per repeat (median and range)."""
+    latencies = sorted(ms for outcome, _ in runs for ms in outcome.latencies_ms)
+    errors = [e for outcome, _ in runs for e in outcome.errors]
     if not latencies:
-        return {"mode": mode, "clients": clients, "ok": 0, "errors": len(outcome.errors),
-                "first_error": outcome.errors[0] if outcome.errors else ""}
+        return {"mode": mode, "clients": clients, "ok": 0, "errors": len(errors),
+                "first_error": errors[0] if errors else ""}
     quantile = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
-    stage = {name: statistics.fmean(s.get(name, 0.0) for s in outcome.stages) for name in ("encode", "search",
-                                                                                           "metadata")}
-    return {"mode": mode, "clients": clients, "ok": len(latencies), "errors": len(outcome.errors),
-            "first_error": outcome.errors[0] if outcome.errors else "",
+    stages = [s for outcome, _ in runs for s in outcome.stages]
+    stage = {name: statistics.fmean(s.get(name, 0.0) for s in stages) for name in ("encode", "search", "metadata")}
+    rates = sorted(len(outcome.latencies_ms) / wall for outcome, wall in runs)
+    return {"mode": mode, "clients": clients, "repeats": len(runs), "ok": len(latencies), "errors": len(errors),
+            "first_error": errors[0] if errors else "",
             "p50_ms": round(quantile(0.50), 2), "p95_ms": round(quantile(0.95), 2), "p99_ms": round(quantile(0.99), 2),
-            "qps": round(len(latencies) / wall, 1), "mean_ms": round(statistics.fmean(latencies), 2),
+            "qps": round(statistics.median(rates), 1), "qps_min": round(rates[0], 1), "qps_max": round(rates[-1], 1),
+            "mean_ms": round(statistics.fmean(latencies), 2),
             **{f"{name}_ms": round(value, 3) for name, value in stage.items()},
             "http_ms": round(statistics.fmean(latencies) - sum(stage.values()), 3)}
 
@@ -256,11 +260,18 @@ def query_sets(size: int, uploads: int, seed: int = 0) -> dict[str, list[Request
     return sets
 
 
+def _rate(row: dict) -> str:
+    if "qps" not in row:
+        return ""
+    spread = f" ({row['qps_min']:.0f}-{row['qps_max']:.0f})" if row.get("repeats", 1) > 1 else ""
+    return f"{row['qps']:.0f}{spread}"
+
+
 def table(rows: list[dict]) -> str:
-    header = ("| index | mode | clients | ok | errors | p50 ms | p95 ms | p99 ms | q/s | encode | search | metadata "
-              "| http |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    header = ("| index | mode | clients | ok | errors | p50 ms | p95 ms | p99 ms | q/s (range) | encode | search "
+              "| metadata | http |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [f"| {r['size']:,} | {r['mode']} | {r['clients']} | {r['ok']} | {r['errors']} | {r.get('p50_ms', '')} | "
-             f"{r.get('p95_ms', '')} | {r.get('p99_ms', '')} | {r.get('qps', '')} | {r.get('encode_ms', '')} | "
+             f"{r.get('p95_ms', '')} | {r.get('p99_ms', '')} | {_rate(r)} | {r.get('encode_ms', '')} | "
              f"{r.get('search_ms', '')} | {r.get('metadata_ms', '')} | {r.get('http_ms', '')} |" for r in rows]
     return "\n".join([header, *lines])
 
@@ -273,6 +284,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="requests per run, at most")
     parser.add_argument("--seconds", type=float, default=20, help="seconds per run, at most")
     parser.add_argument("--uploads", type=int, default=200, help="distinct upload queries (0: none)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per concurrent setting (fresh connections)")
     parser.add_argument("--modes", help="comma-separated subset of the query modes (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="server processes")
     parser.add_argument("--port", type=int, default=8765)
@@ -297,8 +309,12 @@ def main() -> None:
                 asyncio.run(drive(args.port, requests, 4, 100, 60, record=False))  # warm every worker
                 for clients in (int(c) for c in args.clients.split(",")):
                     count = args.requests if "upload" not in mode else min(args.requests, 500)
-                    outcome, wall = asyncio.run(drive(args.port, requests, clients, count, args.seconds))
-                    row = {"size": size, **summarise(mode, clients, outcome, wall),
+                    # Several clients: each repeat opens new connections, and how they happen to spread
+                    # over the worker processes moves throughput from run to run, so it is repeated.
+                    repeats = args.repeats if clients > 1 else 1
+                    runs = [asyncio.run(drive(args.port, requests, clients, count, args.seconds))
+                            for _ in range(repeats)]
+                    row = {"size": size, **summarise(mode, clients, runs),
                            "image_index": manifest["image_index"]["factory"],
                            "caption_index": manifest["caption_index"]["factory"]}
                     rows.append(row)
@@ -309,7 +325,7 @@ def main() -> None:
     report = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "checkpoint": str(args.checkpoint), "embed_dim": dim, "workers": args.workers,
               "search_threads": os.environ.get("SEARCH_THREADS", "1 (default)"),
-              "requests_per_run": args.requests, "seconds_per_run": args.seconds, "rows": rows}
+              "requests_per_run": args.requests, "seconds_per_run": args.seconds, "repeats": args.repeats, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
