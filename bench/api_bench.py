@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 from index_bench import structured_vectors  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
+from app.settings import Settings  # noqa: E402
 from indexer import store  # noqa: E402
 from indexer.build import BuildOptions, publish_vectors  # noqa: E402
 from indexer.catalogue import CaptionRow, ImageRow  # noqa: E402
@@ -324,7 +325,8 @@ def main() -> None:
     print(table(rows))
     report = {"machine": platform.machine(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
               "checkpoint": str(args.checkpoint), "embed_dim": dim, "workers": args.workers,
-              "search_threads": os.environ.get("SEARCH_THREADS", "1 (default)"),
+              "search_threads": os.environ.get("SEARCH_THREADS", f"{Settings.model_fields['search_threads'].default} "
+                                                                  "(default)"),
               "requests_per_run": args.requests, "seconds_per_run": args.seconds, "repeats": args.repeats, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
