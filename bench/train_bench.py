@@ -31,6 +31,7 @@ SUITES = {
         ("Dual-Path", "configs/flickr8k_dual_path.toml"),
         ("Dual-Path, no instance loss", "configs/flickr8k_dual_path_no_instance.toml"),
         ("Dual-Path, no Stage I", "configs/flickr8k_dual_path_no_stage1.toml"),
+        ("Dual-Path, sum of hinges", "configs/flickr8k_dual_path_sum_hinge.toml"),
     ],
     "synthetic": [
         ("VSE, GRU", "configs/synthetic_vse.toml"),
