@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import random
@@ -198,7 +199,11 @@ async def _client(port: int, requests: list[Request], next_index, deadline: floa
             except (OSError, asyncio.IncompleteReadError, ValueError) as error:
                 outcome.errors.append(f"{type(error).__name__}: {error}")
                 writer.close()
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError as refused:  # the server is gone: this client stops, its errors counted
+                    outcome.errors.append(f"reconnect failed: {refused}")
+                    return
                 continue
             elapsed = (time.perf_counter() - started) * 1000
             if not record:
@@ -229,7 +234,7 @@ def summarise(mode: str, clients: int, runs: list[tuple[Outcome, float]]) -> dic
     if not latencies:
         return {"mode": mode, "clients": clients, "ok": 0, "errors": len(errors),
                 "first_error": errors[0] if errors else ""}
-    quantile = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    quantile = lambda q: latencies[max(0, math.ceil(q * len(latencies)) - 1)]  # noqa: E731  (nearest rank)
     stages = [s for outcome, _ in runs for s in outcome.stages]
     stage = {name: statistics.fmean(s.get(name, 0.0) for s in stages) for name in ("encode", "search", "metadata")}
     rates = sorted(len(outcome.latencies_ms) / wall for outcome, wall in runs)

@@ -266,9 +266,18 @@ def publish_vectors(*, name: str, index_dir: Path, sessions: sessionmaker[Sessio
     options = options or BuildOptions()
     encoder, encoder_path, checkpoint_hash = resolve_encoder(encoder_spec, options.device)
     for modality in ("image", "caption"):
-        if arrays[f"{modality}_vectors"].shape[1:] != (encoder.embed_dim,):
-            raise ValueError(f"{modality} vectors are {arrays[f'{modality}_vectors'].shape[1:]}-d; "
+        vectors = arrays[f"{modality}_vectors"]
+        if vectors.ndim != 2 or vectors.shape[1:] != (encoder.embed_dim,):
+            raise ValueError(f"{modality} vectors are {vectors.shape[1:]}-d; "
                              f"{encoder.name} embeds in {encoder.embed_dim} dimensions")
+        if len(arrays[f"{modality}_ids"]) != len(vectors):
+            raise ValueError(f"{len(arrays[f'{modality}_ids'])} {modality} ids for {len(vectors)} vectors")
+        norms = np.linalg.norm(vectors, axis=1)
+        if len(norms) and not np.allclose(norms, 1.0, atol=1e-3):
+            raise ValueError(f"{modality} vectors must be L2-normalised (norms from {norms.min():.3f} "
+                             f"to {norms.max():.3f})")
+    if len(arrays["caption_image_ids"]) != len(arrays["caption_ids"]):
+        raise ValueError("caption_image_ids and caption_ids differ in length")
     with build_lock(index_dir, name):
         reconcile(index_dir, name, sessions)
         version = _register_build(sessions, name, gallery, encoder, encoder_path, checkpoint_hash,

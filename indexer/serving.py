@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -43,8 +44,12 @@ class LoadedVersion:
             if value:
                 faiss_index.set_search_param(index, int(value))
             indexes[modality] = index
-        return cls(version, manifest, indexes["image"], indexes["caption"], version.ids("image"),
-                   version.ids("caption"), version.ids("caption_image"))
+        loaded = cls(version, manifest, indexes["image"], indexes["caption"], version.ids("image"),
+                     version.ids("caption"), version.ids("caption_image"))
+        # Built now, not by the first image-id query: the id map of 1M images takes about a second,
+        # and the vector file is opened while its version directory surely exists.
+        _ = loaded._image_positions, loaded._image_vectors
+        return loaded
 
     @cached_property
     def _image_positions(self) -> dict[int, int]:
@@ -76,8 +81,11 @@ class LoadedVersion:
 class LiveIndex:
     """The current version of one named index, reloaded in place when CURRENT changes."""
 
-    def __init__(self, index_dir: Path, name: str, gpu: bool = False):
-        self.index_dir, self.name, self.gpu = Path(index_dir), name, gpu
+    def __init__(self, index_dir: Path, name: str, gpu: bool = False,
+                 prepare: Callable[[LoadedVersion], object] | None = None):
+        """`prepare` runs on each newly loaded version before it becomes visible (the app loads the
+        version's encoder there, so the first query after a switch does not)."""
+        self.index_dir, self.name, self.gpu, self.prepare = Path(index_dir), name, gpu, prepare
         self._lock = threading.Lock()
         self._loaded: LoadedVersion | None = None
         self._pointer_stamp: tuple[int, int] | None = None
@@ -90,6 +98,14 @@ class LiveIndex:
             raise LookupError(f"index {self.name!r} has no version yet in {self.index_dir}")
         return loaded
 
+    def _prepare(self, loaded: LoadedVersion) -> None:
+        if self.prepare is None:
+            return
+        try:
+            self.prepare(loaded)
+        except Exception as error:  # e.g. a missing encoder: queries report it; the index still loads
+            log.error("index %s version %s: preparing failed (%s)", self.name, loaded.version.version, error)
+
     def reload_in_background(self) -> None:
         """If CURRENT changed, load the new version in a thread and return at once: queries keep
         the loaded version meanwhile instead of waiting for seconds of disk reads."""
@@ -97,14 +113,15 @@ class LiveIndex:
             return
         threading.Thread(target=self.reload_if_changed, name=f"reload-{self.name}", daemon=True).start()
 
-    def reload_if_changed(self) -> bool:
-        """Load the version CURRENT names if it changed since the last load; True when it swapped."""
+    def reload_if_changed(self, wait: bool = False) -> bool:
+        """Load the version CURRENT names if it changed since the last load; True when it swapped.
+        With `wait`, a reload already running is waited for (and then this one is checked)."""
         stamp = store.pointer_stamp(self.index_dir, self.name)
-        if stamp == self._pointer_stamp:
+        if stamp == self._pointer_stamp and not (wait and self._lock.locked()):
             return False
         # One reload at a time; while it runs, other requests carry on with the loaded version
         # (only the very first load, with nothing to serve yet, makes them wait).
-        if not self._lock.acquire(blocking=self._loaded is None):
+        if not self._lock.acquire(blocking=wait or self._loaded is None):
             return False
         try:
             stamp = store.pointer_stamp(self.index_dir, self.name)
@@ -113,7 +130,9 @@ class LiveIndex:
             self._pointer_stamp = stamp  # a version that fails to load is not retried on every request
             version = store.current_version(self.index_dir, self.name)
             if version is not None and (self._loaded is None or version.version != self._loaded.version.version):
-                self._loaded = LoadedVersion.load(version, self.gpu)  # fully loaded before it is visible
+                loaded = LoadedVersion.load(version, self.gpu)
+                self._prepare(loaded)
+                self._loaded = loaded  # fully loaded (and prepared) before it is visible
             return True
         except (OSError, RuntimeError, KeyError, ValueError) as error:  # faiss raises RuntimeError
             log.error("index %s: cannot load the version CURRENT names (%s); still serving %s", self.name, error,

@@ -22,7 +22,7 @@ def read_text_vectors(path: str | Path, wanted: set[str] | None = None) -> dict[
     dim = None
     with path.open(encoding="utf-8", errors="replace") as lines:
         for number, line in enumerate(lines, 1):
-            parts = line.rstrip().split(" ")
+            parts = line.split()
             if number == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
                 continue  # the word2vec header
             if len(parts) < 2:
@@ -32,6 +32,10 @@ def read_text_vectors(path: str | Path, wanted: set[str] | None = None) -> dict[
                 dim = len(values)
             if len(values) != dim:
                 raise ValueError(f"{path}:{number}: {len(values)} values where earlier lines had {dim}")
+            if wanted is not None and word not in wanted and word.lower() in wanted:
+                word = word.lower()  # cased files (GoogleNews) against a lower-case vocabulary
+                if word in vectors:
+                    continue  # the lower-case entry, when the file has one, wins
             if wanted is None or word in wanted:
                 try:
                     vectors[word] = np.asarray(values, dtype=np.float32)

@@ -32,11 +32,16 @@ def reindex(request: Request, settings: SettingsDep, name: Annotated[str | None,
             try:
                 # workers=0: no forked decoder processes inside the (multi-threaded) server
                 options = build.BuildOptions(progress=False, device=settings.device, workers=0)
-                jobs[each] = build.reindex(each, index_dir=settings.index_dir, sessions=sessions, full=full,
-                                           options=options).summary()
-                request.app.state.served.reload_all()  # serve the new version as soon as the job is done
+                report = build.reindex(each, index_dir=settings.index_dir, sessions=sessions, full=full,
+                                       options=options).summary()
             except Exception as error:  # reported through /status; the server keeps serving
                 jobs[each] = f"failed: {type(error).__name__}: {error}"
+                continue
+            try:
+                request.app.state.served.reload_all()  # serve the new version as soon as the job is done
+                jobs[each] = report
+            except Exception as error:  # the build stands; the next request's reload retries
+                jobs[each] = f"{report} (not yet serving: {type(error).__name__}: {error})"
 
     for each in names:
         jobs[each] = "running"

@@ -203,7 +203,8 @@ class SearchService:
         hits: list = []
         start = 0
         while len(hits) < count and start < len(ids):
-            end = start + count - len(hits) + (len(exclude) if start == 0 else 0)
+            shortfall = count - len(hits) + (len(exclude) if start == 0 else 0)
+            end = start + (shortfall if start == 0 else max(shortfall, 32))  # later rounds: few queries
             page_ids, page_scores = ids[start:end], scores[start:end]
             hits += self._hydrate_images(page_ids, page_scores, exclude) if target == "image" else \
                 self._hydrate_captions(page_ids, page_scores)

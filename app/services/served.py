@@ -38,7 +38,8 @@ class ServedIndexes:
             with self._lock:
                 for name in found:
                     if name not in self._live:
-                        self._live = {**self._live, name: LiveIndex(self.index_dir, name, self.gpu)}
+                        live = LiveIndex(self.index_dir, name, self.gpu, prepare=self._encoder_for)
+                        self._live = {**self._live, name: live}
         return self.names
 
     @property
@@ -53,7 +54,8 @@ class ServedIndexes:
 
     def get(self, name: str | None = None) -> Served:
         """The loaded version of index `name` (the default when None); a newer one, if CURRENT
-        changed, is loaded in the background and serves from the first request after it is ready."""
+        changed, is loaded (with its encoder) in the background and serves once it is ready. An
+        index name seen for the first time is loaded here, once."""
         if name is not None and name not in self._live:
             self.discover()
         chosen = name or self.default_name
@@ -70,7 +72,7 @@ class ServedIndexes:
         self.discover()
         live_indexes = dict(self._live)  # replaced, never mutated, so iterating a snapshot is safe
         for live in live_indexes.values():
-            live.reload_if_changed()
+            live.reload_if_changed(wait=True)
         return {name: live.current.version.version for name, live in live_indexes.items()}
 
     def _encoder_for(self, version: LoadedVersion) -> Encoder:

@@ -90,7 +90,8 @@ class DualPath(Encoder):
             backbone = "image backbone frozen" if self.stage1_frozen else "image backbone trained"
             return {"stage": f"I: instance loss, {backbone}"}
         terms = [t for t, w in (("instance", self.instance_weight), ("ranking", self.ranking_weight)) if w]
-        return {"stage": f"II: {' + '.join(terms)} loss, all trained"}
+        trained = "image backbone frozen" if self.backbone_always_frozen else "all trained"
+        return {"stage": f"II: {' + '.join(terms)} loss, {trained}"}
 
     def _enter_stage(self, stage: int) -> None:
         frozen = self.backbone_always_frozen or (stage == 1 and self.stage1_frozen)

@@ -98,7 +98,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
 def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:
     if config.init_from:
-        return _warm_start(config)
+        return _warm_start(config, select_split(records, "train"))
     model_config = merge_config(get_encoder_config(config.model), config.model_overrides)
     if config.image_size:
         if model_config.get("family") == "openclip" or model_config.get("image", {}).get("backbone") == "openclip":
@@ -118,15 +118,22 @@ def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:
     return encoder
 
 
-def _warm_start(config: TrainConfig) -> Encoder:
+def _warm_start(config: TrainConfig, train_records: list[ImageRecord]) -> Encoder:
     """Start from a trained checkpoint's weights and vocabulary; `model_overrides` may change the
-    loss (e.g. switch a VSE0 model to VSE++'s hardest negatives) but not the architecture."""
+    loss (e.g. switch a VSE0 model to VSE++'s hardest negatives) but not the architecture. Weights
+    tied to the old training set (a Dual-Path instance classifier over other images) start anew."""
     source = load_encoder(config.init_from)
     model_config = merge_config(source.config, config.model_overrides)
+    model_config = family_class(model_config).config_for_training_set(model_config, train_records)
     vocab_words = source.vocabulary_words()
     encoder = create_encoder(source.name, vocab=Vocabulary(vocab_words) if vocab_words else None,
                              config=without_pretrained(model_config))
-    encoder.load_state_dict(source.state_dict())
+    own = encoder.state_dict()
+    weights = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    fresh = sorted(set(own) - set(weights))
+    if fresh:
+        print(f"init_from: {len(fresh)} tensor(s) start anew (their shape changed): {', '.join(fresh[:4])}")
+    encoder.load_state_dict(weights, strict=not fresh)
     return encoder
 
 

@@ -304,4 +304,12 @@ def test_publish_vectors_serves_precomputed_embeddings(encoder_checkpoint, tmp_p
     with pytest.raises(ValueError, match="16,\\)-d; .* 32 dimensions"):
         publish_vectors(name="imported", index_dir=tmp_path / "idx", sessions=sessions, gallery="/imported",
                         encoder_spec=str(encoder_checkpoint), arrays=arrays)
-    assert store.current_version(tmp_path / "idx", "imported").version == 1  # the bad call changed nothing
+    arrays["image_vectors"] = vectors[:40]
+    with pytest.raises(ValueError, match="50 image ids for 40 vectors"):
+        publish_vectors(name="imported", index_dir=tmp_path / "idx", sessions=sessions, gallery="/imported",
+                        encoder_spec=str(encoder_checkpoint), arrays=arrays)
+    arrays["image_vectors"] = vectors * 2
+    with pytest.raises(ValueError, match="must be L2-normalised"):
+        publish_vectors(name="imported", index_dir=tmp_path / "idx", sessions=sessions, gallery="/imported",
+                        encoder_spec=str(encoder_checkpoint), arrays=arrays)
+    assert store.current_version(tmp_path / "idx", "imported").version == 1  # the bad calls changed nothing

@@ -180,3 +180,19 @@ def test_training_runs_both_stages_and_logs_them(scenes, tmp_path, capsys):
     encoder = load_encoder(result.best_checkpoint)
     train_count = sum(r.split == "train" for r in load_records(scenes))
     assert encoder.config["instance_loss"]["classes"] == train_count
+
+
+def test_warm_start_on_another_training_set_restarts_only_the_classifier(scenes, tmp_path):
+    source = create_encoder("dual_path_tiny", vocab=Vocabulary.build(
+        c for r in load_records(scenes) for c in r.captions), overrides={"instance_loss": {"classes": 7}})
+    checkpoint = source.save(tmp_path / "source.pt")
+    config = TrainConfig.from_dict({
+        "data": str(scenes), "model": "dual_path_tiny", "out_dir": str(tmp_path / "run"), "epochs": 1,
+        "batch_size": 16, "image_size": 32, "hflip": False, "cache_dir": None, "workers": 1,
+        "init_from": str(checkpoint)})
+    from models.training.trainer import _new_encoder
+
+    records = load_records(scenes)
+    encoder = _new_encoder(config, records)
+    assert encoder.config["instance_loss"]["classes"] == sum(r.split == "train" for r in records)
+    assert torch.equal(encoder.text_tower.embed.weight, source.text_tower.embed.weight)  # the rest is kept
