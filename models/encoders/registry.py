@@ -76,7 +76,7 @@ def family_class(config: dict[str, Any]) -> type[Encoder]:
     family = config.get("family")
     families = _families()
     if family not in families:
-        raise ValueError(f"unknown encoder family {family!r}; known: {', '.join(sorted(families))}")
+        raise ValueError(f"unknown family {family!r}; known: {', '.join(sorted(families))}")
     return families[family]
 
 
