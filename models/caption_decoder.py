@@ -1,0 +1,109 @@
+"""GXN's "look and describe" branch (#6, groundwork): a GRU caption decoder with additive attention
+over image regions, started from the concrete image feature.
+
+    h_0 = tanh(W_init v)                        v: the concrete image feature
+    a_t = softmax_r(w . tanh(U r_r + V h_{t-1}))  over regions r_1..r_R (e.g. a CNN's feature-map cells)
+    h_t = GRU([embed(y_{t-1}); sum_r a_t,r r_r], h_{t-1});  p(y_t) = softmax(W_out h_t)
+
+Trained with cross-entropy under teacher forcing; decoded greedily or with a beam. Token ids are
+a `Vocabulary`'s, with <start>/<end> around each caption.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.vocab import END, PAD, START, Vocabulary
+
+
+class CaptionDecoder(nn.Module):
+    def __init__(self, vocab: Vocabulary, feature_dim: int, region_dim: int, word_dim: int = 128,
+                 hidden_dim: int = 256, attention_dim: int = 128, max_length: int = 20):
+        super().__init__()
+        self.vocab, self.max_length = vocab, max_length
+        self.start, self.end, self.pad = vocab.index[START], vocab.index[END], vocab.index[PAD]
+        self.embed = nn.Embedding(len(vocab), word_dim, padding_idx=self.pad)
+        self.init_hidden = nn.Linear(feature_dim, hidden_dim)
+        self.attend_region = nn.Linear(region_dim, attention_dim)
+        self.attend_hidden = nn.Linear(hidden_dim, attention_dim)
+        self.attention_score = nn.Linear(attention_dim, 1)
+        self.cell = nn.GRUCell(word_dim + region_dim, hidden_dim)
+        self.out = nn.Linear(hidden_dim, len(vocab))
+
+    def _step(self, words: torch.Tensor, hidden: torch.Tensor, regions: torch.Tensor,
+              projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: (log-probabilities over the vocabulary, the new hidden state)."""
+        weights = self.attention_score(torch.tanh(projected + self.attend_hidden(hidden)[:, None])).softmax(dim=1)
+        context = (weights * regions).sum(dim=1)
+        hidden = self.cell(torch.cat([self.embed(words), context], dim=1), hidden)
+        return F.log_softmax(self.out(hidden), dim=-1), hidden
+
+    def loss(self, features: torch.Tensor, regions: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Mean cross-entropy per word of the captions (each ended by <end>), teacher forced."""
+        targets = [self.vocab.encode(c)[: self.max_length - 1] + [self.end] for c in captions]
+        tokens = torch.full((len(targets), max(map(len, targets))), self.pad, dtype=torch.long)
+        for row, ids in enumerate(targets):
+            tokens[row, : len(ids)] = torch.tensor(ids)
+        tokens = tokens.to(features.device)
+        hidden, projected = torch.tanh(self.init_hidden(features)), self.attend_region(regions)
+        previous = torch.full((len(targets),), self.start, dtype=torch.long, device=features.device)
+        losses = []
+        for t in range(tokens.shape[1]):
+            log_probs, hidden = self._step(previous, hidden, regions, projected)
+            losses.append(F.nll_loss(log_probs, tokens[:, t], ignore_index=self.pad, reduction="sum"))
+            previous = tokens[:, t]
+        return torch.stack(losses).sum() / (tokens != self.pad).sum().clamp_min(1)
+
+    @torch.no_grad()
+    def greedy(self, features: torch.Tensor, regions: torch.Tensor) -> list[list[int]]:
+        """The most likely word at each step, until <end> or `max_length` words (ids, <end> dropped)."""
+        hidden, projected = torch.tanh(self.init_hidden(features)), self.attend_region(regions)
+        words = torch.full((len(features),), self.start, dtype=torch.long, device=features.device)
+        out: list[list[int]] = [[] for _ in range(len(features))]
+        finished = torch.zeros(len(features), dtype=torch.bool, device=features.device)
+        for _ in range(self.max_length):
+            log_probs, hidden = self._step(words, hidden, regions, projected)
+            log_probs[:, [self.pad, self.start]] = float("-inf")  # never emit padding or a second <start>
+            words = log_probs.argmax(dim=-1)
+            for row, word in enumerate(words.tolist()):
+                if not finished[row] and word != self.end:
+                    out[row].append(word)
+            finished |= words == self.end
+            if finished.all():
+                break
+        return out
+
+    @torch.no_grad()
+    def beam(self, features: torch.Tensor, regions: torch.Tensor, width: int = 3) -> list[list[int]]:
+        """Beam search per image; the finished (or longest) beam with the best mean log-probability."""
+        return [self._beam_one(features[i:i + 1], regions[i:i + 1], width) for i in range(len(features))]
+
+    def _beam_one(self, feature: torch.Tensor, regions: torch.Tensor, width: int) -> list[int]:
+        hidden, projected = torch.tanh(self.init_hidden(feature)), self.attend_region(regions)
+        beams: list[tuple[float, list[int], torch.Tensor]] = [(0.0, [], hidden)]
+        finished: list[tuple[float, list[int]]] = []
+        for _ in range(self.max_length):
+            candidates = []
+            for score, words, state in beams:
+                previous = torch.tensor([words[-1] if words else self.start], device=feature.device)
+                log_probs, new_state = self._step(previous, state, regions, projected)
+                log_probs[0, [self.pad, self.start]] = float("-inf")
+                top = log_probs[0].topk(width)
+                for value, word in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                    candidates.append((score + value, words + [word], new_state))
+            candidates.sort(key=lambda c: c[0], reverse=True)
+            beams = []
+            for score, words, state in candidates[:width]:
+                if words[-1] == self.end:
+                    finished.append((score / len(words), words[:-1]))
+                else:
+                    beams.append((score, words, state))
+            if not beams:
+                break
+        finished += [(score / len(words), words) for score, words, _ in beams]
+        return max(finished, key=lambda f: f[0])[1]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.vocab.decode(ids)
