@@ -1,0 +1,107 @@
+"""GXN's "imagine" branch (#6, groundwork): a text-conditioned GAN over small images.
+
+Conditioning augmentation (Zhang et al., StackGAN): the concrete text feature t gives a Gaussian
+N(mu(t), diag(sigma(t)^2)); the condition c is sampled from it (reparameterised), and
+
+    KL(N(mu, sigma^2) || N(0, I)) = 1/2 * sum(mu^2 + sigma^2 - 1 - log sigma^2)   (mean over the batch)
+
+keeps that manifold smooth. The generator maps [c; z] to a 64x64 image. The matching-aware
+discriminator (Reed et al. 2016) scores three pairings: (real image, right text) as real, and both
+(generated image, right text) and (real image, wrong text) as fake, so it checks the match, not
+only the realism. Its gradients reach the text feature: that is how generation shapes GXN's
+concrete embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kl_to_standard_normal(mu: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (mu.pow(2) + log_variance.exp() - 1 - log_variance).sum(dim=1).mean()
+
+
+class ConditioningAugmentation(nn.Module):
+    def __init__(self, text_dim: int, condition_dim: int):
+        super().__init__()
+        self.moments = nn.Linear(text_dim, 2 * condition_dim)
+
+    def forward(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a sampled condition, its KL term)."""
+        mu, log_variance = self.moments(text).chunk(2, dim=1)
+        condition = mu + torch.randn_like(mu) * (0.5 * log_variance).exp() if self.training else mu
+        return condition, kl_to_standard_normal(mu, log_variance)
+
+
+def _up(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
+                         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU())
+
+
+def _down(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2))
+
+
+class Generator(nn.Module):
+    """[condition; noise] -> 4x4 -> ... -> image_size x image_size RGB in [-1, 1]."""
+
+    def __init__(self, condition_dim: int, noise_dim: int = 64, width: int = 64, image_size: int = 64):
+        super().__init__()
+        steps = (image_size // 4).bit_length() - 1
+        if 4 * 2 ** steps != image_size:
+            raise ValueError(f"image_size {image_size}: expected 4 times a power of two")
+        self.noise_dim, self.width = noise_dim, width
+        self.start = nn.Sequential(nn.Linear(condition_dim + noise_dim, width * 4 * 4 * 4, bias=False),
+                                   nn.BatchNorm1d(width * 4 * 4 * 4), nn.ReLU())
+        channels = [width * 4 // 2 ** min(i, 2) for i in range(steps + 1)]
+        self.body = nn.Sequential(*[_up(channels[i], channels[i + 1]) for i in range(steps)])
+        self.to_rgb = nn.Conv2d(channels[-1], 3, 3, padding=1)
+
+    def forward(self, condition: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            noise = torch.randn(len(condition), self.noise_dim, device=condition.device)
+        x = self.start(torch.cat([condition, noise], dim=1)).view(len(condition), self.width * 4, 4, 4)
+        return torch.tanh(self.to_rgb(self.body(x)))
+
+
+class MatchingDiscriminator(nn.Module):
+    """Image features, joined with the text condition at 4x4, -> one logit: 'real and matching'."""
+
+    def __init__(self, condition_dim: int, width: int = 32, image_size: int = 64):
+        super().__init__()
+        steps = (image_size // 4).bit_length() - 1
+        channels = [3] + [width * 2 ** min(i, 3) for i in range(steps)]
+        self.body = nn.Sequential(*[_down(channels[i], channels[i + 1]) for i in range(steps)])
+        self.joint = nn.Sequential(nn.Conv2d(channels[-1] + condition_dim, channels[-1], 1), nn.LeakyReLU(0.2),
+                                   nn.Conv2d(channels[-1], 1, 4))
+
+    def forward(self, images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        features = self.body(images)
+        tiled = condition[:, :, None, None].expand(-1, -1, *features.shape[-2:])
+        return self.joint(torch.cat([features, tiled], dim=1)).flatten()
+
+
+def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor, fake: torch.Tensor,
+                       condition: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three pairings; the wrong text for image i is the batch's next one (a different caption
+    for a different image). `fake` is detached: this step trains the discriminator only."""
+    wrong = condition.roll(1, dims=0)
+    real_right = discriminator(real, condition)
+    fake_right = discriminator(fake.detach(), condition)
+    real_wrong = discriminator(real, wrong)
+    bce = F.binary_cross_entropy_with_logits
+    terms = {"real_right": bce(real_right, torch.ones_like(real_right)),
+             "fake_right": bce(fake_right, torch.zeros_like(fake_right)),
+             "real_wrong": bce(real_wrong, torch.zeros_like(real_wrong))}
+    terms["loss"] = terms["real_right"] + (terms["fake_right"] + terms["real_wrong"]) / 2
+    return terms
+
+
+def generator_loss(discriminator: MatchingDiscriminator, fake: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """Fool the discriminator on (generated image, right text); gradients reach the condition."""
+    scores = discriminator(fake, condition)
+    return F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))

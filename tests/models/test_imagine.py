@@ -1,0 +1,65 @@
+"""GXN's imagine branch (#6 groundwork): KL term, conditioning, the three discriminator pairings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.imagine import (
+    ConditioningAugmentation,
+    Generator,
+    MatchingDiscriminator,
+    discriminator_loss,
+    generator_loss,
+    kl_to_standard_normal,
+)
+
+
+def test_kl_term_on_a_hand_made_case():
+    mu, log_variance = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(4.0)]])
+    # 1/2 [(1 + 1 - 1 - 0) + (0 + 4 - 1 - log 4)]
+    assert float(kl_to_standard_normal(mu, log_variance)) == pytest.approx(0.5 * (1 + 3 - math.log(4)))
+    assert float(kl_to_standard_normal(torch.zeros(3, 5), torch.zeros(3, 5))) == 0.0
+
+
+def test_conditioning_samples_while_training_and_uses_the_mean_in_eval():
+    torch.manual_seed(0)
+    augment = ConditioningAugmentation(text_dim=6, condition_dim=4)
+    text = torch.randn(2, 6)
+    first, kl = augment(text)
+    second, _ = augment(text)
+    assert first.shape == (2, 4) and kl > 0 and not torch.equal(first, second)
+    augment.eval()
+    assert torch.equal(augment(text)[0], augment(text)[0])
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_generator_makes_images_of_the_asked_size(size):
+    images = Generator(condition_dim=4, noise_dim=8, width=8, image_size=size)(torch.randn(2, 4))
+    assert images.shape == (2, 3, size, size) and images.abs().max() <= 1
+    with pytest.raises(ValueError, match="4 times a power of two"):
+        Generator(condition_dim=4, image_size=48)
+
+
+def test_discriminator_sees_the_three_pairings_and_gradients_reach_the_text():
+    torch.manual_seed(0)
+    augment = ConditioningAugmentation(text_dim=6, condition_dim=4)
+    generator = Generator(condition_dim=4, noise_dim=8, width=8, image_size=32)
+    discriminator = MatchingDiscriminator(condition_dim=4, width=8, image_size=32)
+    text = torch.randn(3, 6, requires_grad=True)
+    condition, _ = augment(text)
+    real = torch.rand(3, 3, 32, 32) * 2 - 1
+    fake = generator(condition)
+    seen = []
+    original = discriminator.forward
+    discriminator.forward = lambda images, cond: seen.append((images, cond)) or original(images, cond)
+    terms = discriminator_loss(discriminator, real, fake, condition)
+    assert set(terms) == {"real_right", "fake_right", "real_wrong", "loss"}
+    (real_1, right_1), (fake_2, right_2), (real_3, wrong_3) = seen
+    assert real_1 is real and real_3 is real and torch.equal(fake_2, fake.detach()) and not fake_2.requires_grad
+    assert torch.equal(right_1, condition) and torch.equal(right_2, condition)
+    assert torch.equal(wrong_3, condition.roll(1, dims=0)) and not torch.equal(wrong_3, condition)
+    generator_loss(discriminator, fake, condition).backward()
+    assert text.grad is not None and text.grad.abs().sum() > 0  # generation shapes the text feature
