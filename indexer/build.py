@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,21 +122,10 @@ def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
         if previous is not None and changes.nothing_to_do and not full:
             return BuildReport(name, "up-to-date", previous.version, changes=changes.summary(),
                                skipped=changes.missing, seconds=time.perf_counter() - started)
-        version = _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash,
-                                  store.versions_on_disk(index_dir, name))
-        stage = _Stage(store.start_build(index_dir, name))
-        try:
+        with _new_version(sessions, index_dir, name, gallery_key, encoder, encoder_path,
+                          checkpoint_hash) as (version, stage):
             report = _build_version(sessions, version, stage, changes, previous, encoder, gallery_key,
                                     index_dir, name, options)
-        except BaseException as error:  # Ctrl-C included: undo what is not committed, record, re-raise
-            if not stage.committed:
-                store.abandon_build(stage.temporary)
-                if stage.published is not None:
-                    store.abandon_build(stage.published)
-                _mark_failed(sessions, version, f"{type(error).__name__}: {error}")
-            # Committed but not switched: the catalogue says the new version is active, and the
-            # next build (reconcile) points CURRENT at it; until then the previous one serves.
-            raise
         store.remove_old_versions(index_dir, name, keep=options.keep_versions)
     report.seconds = time.perf_counter() - started
     return report
@@ -148,6 +138,27 @@ class _Stage:
     temporary: Path
     published: Path | None = None
     committed: bool = False
+
+
+@contextmanager
+def _new_version(sessions, index_dir: Path, name: str, gallery_key: str, encoder: Encoder, encoder_path: str,
+                 checkpoint_hash: str) -> Iterator[tuple[IndexVersion, _Stage]]:
+    """A registered 'building' version and its staging directory. On any failure (Ctrl-C
+    included) what is not yet committed is undone and the version recorded as failed."""
+    version = _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash,
+                              store.versions_on_disk(index_dir, name))
+    stage = _Stage(store.start_build(index_dir, name))
+    try:
+        yield version, stage
+    except BaseException as error:
+        if not stage.committed:
+            store.abandon_build(stage.temporary)
+            if stage.published is not None:
+                store.abandon_build(stage.published)
+            _mark_failed(sessions, version, f"{type(error).__name__}: {error}")
+        # Committed but not switched: the catalogue says the new version is active, and the
+        # next build (reconcile) points CURRENT at it; until then the previous one serves.
+        raise
 
 
 def reindex(name: str, *, index_dir: Path, sessions: sessionmaker[Session], full: bool = False,
@@ -280,20 +291,12 @@ def publish_vectors(*, name: str, index_dir: Path, sessions: sessionmaker[Sessio
         raise ValueError("caption_image_ids and caption_ids differ in length")
     with build_lock(index_dir, name):
         reconcile(index_dir, name, sessions)
-        version = _register_build(sessions, name, gallery, encoder, encoder_path, checkpoint_hash,
-                                  store.versions_on_disk(index_dir, name))
-        stage = _Stage(store.start_build(index_dir, name))
-        try:
+        with _new_version(sessions, index_dir, name, gallery, encoder, encoder_path,
+                          checkpoint_hash) as (version, stage):
             with sessions() as session, session.begin():
                 _write_and_activate(session, version, stage, arrays, encoder, index_dir, options)
             stage.committed = True
-        except BaseException as error:
-            store.abandon_build(stage.temporary)
-            if stage.published is not None and not stage.committed:
-                store.abandon_build(stage.published)
-            _mark_failed(sessions, version, f"{type(error).__name__}: {error}")
-            raise
-        store.switch_current(index_dir, name, version.version)
+            store.switch_current(index_dir, name, version.version)
         store.remove_old_versions(index_dir, name, keep=options.keep_versions)
     return version.version
 

@@ -6,8 +6,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-STAGES = ("encode", "search", "metadata")
-
 
 class StageClock:
     """Accumulates milliseconds per stage: `encode` (query -> vector), `search` (faiss, and any
