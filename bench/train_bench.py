@@ -1,7 +1,7 @@
 """Train and evaluate encoders on a dataset; print one Recall@K table and write it as JSON.
 
-    python bench/train_bench.py --suite flickr8k            # VSE0 / VSE++ (GRU, MiniLM), Dual-Path + ablations
-    python bench/train_bench.py --suite synthetic           # VSE / VSE++ / Dual-Path on the synthetic scenes
+    python bench/train_bench.py --suite flickr8k            # VSE0 / VSE++ (GRU, MiniLM), Dual-Path, GXN + ablations
+    python bench/train_bench.py --suite synthetic           # VSE / VSE++ / Dual-Path / GXN on the synthetic scenes
     python bench/train_bench.py --suite flickr8k --reuse    # re-read finished runs, train nothing
 
 Each run is a separate `imgsearch train` process, so its wall time and peak memory are its own.
@@ -32,6 +32,8 @@ SUITES = {
         ("Dual-Path, no instance loss", "configs/flickr8k_dual_path_no_instance.toml"),
         ("Dual-Path, no Stage I", "configs/flickr8k_dual_path_no_stage1.toml"),
         ("Dual-Path, sum of hinges", "configs/flickr8k_dual_path_sum_hinge.toml"),
+        ("GXN", "configs/flickr8k_gxn.toml"),
+        ("GXN, no generative terms", "configs/flickr8k_gxn_no_generation.toml"),
     ],
     "synthetic": [
         ("VSE, GRU", "configs/synthetic_vse.toml"),
@@ -39,6 +41,8 @@ SUITES = {
         ("Dual-Path", "configs/synthetic_dual_path.toml"),
         ("Dual-Path, no instance loss", "configs/synthetic_dual_path_no_instance.toml"),
         ("Dual-Path, no Stage I", "configs/synthetic_dual_path_no_stage1.toml"),
+        ("GXN", "configs/synthetic_gxn.toml"),
+        ("GXN, no generative terms", "configs/synthetic_gxn_no_generation.toml"),
     ],
 }
 METRIC_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "rsum")

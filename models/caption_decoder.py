@@ -1,11 +1,12 @@
-"""GXN's "look and describe" branch (#6, groundwork): a GRU caption decoder with additive attention
+"""GXN's "look and describe" branch: a GRU caption decoder with additive attention
 over image regions, started from the concrete image feature.
 
     h_0 = tanh(W_init v)                        v: the concrete image feature
     a_t = softmax_r(w . tanh(U r_r + V h_{t-1}))  over regions r_1..r_R (e.g. a CNN's feature-map cells)
     h_t = GRU([embed(y_{t-1}); sum_r a_t,r r_r], h_{t-1});  p(y_t) = softmax(W_out h_t)
 
-Trained with cross-entropy under teacher forcing; decoded greedily or with a beam. Token ids are
+Trained with cross-entropy under teacher forcing (and, optionally, self-critically from `sample`);
+decoded greedily or with a beam. Token ids are
 a `Vocabulary`'s, with <start>/<end> around each caption.
 """
 
@@ -74,6 +75,29 @@ class CaptionDecoder(nn.Module):
             if finished.all():
                 break
         return out
+
+    def sample(self, features: torch.Tensor, regions: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
+        """Captions drawn word by word from the model (for self-critical training): the ids (<end>
+        dropped) and each caption's summed log-probability, with gradient."""
+        hidden, projected = torch.tanh(self.init_hidden(features)), self.attend_region(regions)
+        words = torch.full((len(features),), self.start, dtype=torch.long, device=features.device)
+        banned = torch.zeros(len(self.vocab), dtype=torch.bool, device=features.device)
+        banned[[self.pad, self.start]] = True
+        out: list[list[int]] = [[] for _ in range(len(features))]
+        finished = torch.zeros(len(features), dtype=torch.bool, device=features.device)
+        total = features.new_zeros(len(features))
+        for _ in range(self.max_length):
+            log_probs, hidden = self._step(words, hidden, regions, projected)
+            log_probs = log_probs.masked_fill(banned, float("-inf"))
+            words = torch.multinomial(log_probs.detach().exp(), 1).squeeze(1)
+            total = total + log_probs.gather(1, words[:, None]).squeeze(1) * (~finished)
+            for row, word in enumerate(words.tolist()):
+                if not finished[row] and word != self.end:
+                    out[row].append(word)
+            finished = finished | (words == self.end)
+            if finished.all():
+                break
+        return out, total
 
     @torch.no_grad()
     def beam(self, features: torch.Tensor, regions: torch.Tensor, width: int = 3) -> list[list[int]]:

@@ -1,4 +1,4 @@
-"""GXN's "imagine" branch (#6, groundwork): a text-conditioned GAN over small images.
+"""GXN's "imagine" branch : a text-conditioned GAN over small images.
 
 Conditioning augmentation (Zhang et al., StackGAN): the concrete text feature t gives a Gaussian
 N(mu(t), diag(sigma(t)^2)); the condition c is sampled from it (reparameterised), and
@@ -30,9 +30,14 @@ class ConditioningAugmentation(nn.Module):
 
     def forward(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a sampled condition, its KL term)."""
+        condition, _, kl = self.sample(text)
+        return condition, kl
+
+    def sample(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a sampled condition (the mean outside training), the mean, the KL term)."""
         mu, log_variance = self.moments(text).chunk(2, dim=1)
         condition = mu + torch.randn_like(mu) * (0.5 * log_variance).exp() if self.training else mu
-        return condition, kl_to_standard_normal(mu, log_variance)
+        return condition, mu, kl_to_standard_normal(mu, log_variance)
 
 
 def _up(in_channels: int, out_channels: int) -> nn.Sequential:

@@ -1,4 +1,4 @@
-"""GXN's two-level embedding (#6, groundwork): one vector that faiss can serve.
+"""GXN's two-level embedding: one vector that faiss can serve.
 
 GXN matches on s* = lam * cos(t_h, v_h) + (1 - lam) * cos(t_l, v_l), over an abstract (high-level)
 and a concrete (grounded) embedding of each side. With

@@ -62,6 +62,17 @@ class Encoder(nn.Module):
             raise TypeError("encode_text takes a list of texts, not a single string")
         return l2_normalize(self.text_embedding(list(texts)))
 
+    # Families with generators (GXN) override these: a caption generated for a query image, an
+    # image imagined for a query text. The app shows them only where they are True.
+    describes_images: ClassVar[bool] = False
+    imagines_texts: ClassVar[bool] = False
+
+    def describe(self, images: ImageBatch, beam_width: int | None = None) -> list[str]:
+        raise NotImplementedError(f"{type(self).__name__} does not generate captions")
+
+    def imagine(self, texts: Sequence[str], seed: int = 0) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} does not generate images")
+
     def unknown_words(self, text: str) -> list[str]:
         """Words of `text` the text tower cannot represent (mapped to <unk>); [] if it knows all."""
         return []
@@ -94,6 +105,25 @@ class Encoder(nn.Module):
 
     def describe_epoch(self, epoch: int) -> dict[str, Any]:
         """What the training log should record about this epoch (e.g. a training stage)."""
+        return {}
+
+    def attach_training_records(self, train_records: Sequence[Any]) -> None:
+        """Called at every start of training (new or resumed) with the training split, for losses
+        that need more than the batch (e.g. GXN's CIDEr-D reward against all of an image's captions)."""
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained adversarially, by their own optimizer in their own step (see
+        `discriminator_losses`); the main optimizer leaves them alone. None for most families."""
+        return []
+
+    def discriminator_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int
+                             ) -> dict[str, torch.Tensor] | None:
+        """The discriminator's loss terms for this batch ('loss' is the total), or None when there
+        is no discriminator step this epoch. The trainer runs it before `training_losses`."""
+        return None
+
+    def generation_metrics(self, split: Any) -> dict[str, float]:
+        """Validation figures of a family's generators (e.g. caption BLEU-4/CIDEr-D); {} if none."""
         return {}
 
     def vocabulary_words(self) -> list[str] | None:

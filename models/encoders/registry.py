@@ -21,7 +21,8 @@ from models.vocab import Vocabulary
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 _FAMILIES: dict[str, type[Encoder]] = {}
-_FAMILY_MODULES = ("models.encoders.vse", "models.encoders.openclip", "models.encoders.dual_path")
+_FAMILY_MODULES = ("models.encoders.vse", "models.encoders.openclip", "models.encoders.dual_path",
+                   "models.encoders.gxn")
 
 
 def register_family(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
@@ -68,6 +69,8 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict
 def needs_vocabulary(config: dict[str, Any]) -> bool:
     """Whether the text tower is word-level, so training must build a vocabulary first."""
     word_level = ("gru", "lstm", "textcnn")
+    if config.get("family") == "gxn":
+        return True  # two GRU sentence encoders and a caption decoder
     return config.get("family") != "openclip" and config.get("text", {}).get("kind", "gru") in word_level
 
 

@@ -63,8 +63,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     encoder = load_encoder(out_dir / LAST_CHECKPOINT) if state else _new_encoder(config, records)
     encoder.to(device).train()
     train_split, val_split = _decode_splits(config, records, encoder.image_size, progress)
-    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    encoder.attach_training_records(train_split.records)
+    optimizer = torch.optim.AdamW(_main_parameters(encoder), lr=config.lr, weight_decay=config.weight_decay)
+    discriminator_optimizer = _discriminator_optimizer(encoder)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
     history: list[dict] = state["history"] if state else []
@@ -72,7 +73,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if discriminator_optimizer is not None and state.get("discriminator_optimizer"):
+            discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
         _restore_rng(state["rng"])
+    optimizers = _Optimizers(optimizer, scheduler, discriminator_optimizer)
     budget = config.time_budget_minutes * 60 if config.time_budget_minutes else None
     spent = sum(h["train_seconds"] for h in history)
     last_epoch = config.epochs if stop_after_epochs is None else min(config.epochs,
@@ -80,20 +84,43 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     for epoch in range(len(history), last_epoch):
         if budget is not None and spent >= budget:
             break
-        stats = _train_one_epoch(encoder, optimizer, scheduler, train_split, config, epoch,
+        stats = _train_one_epoch(encoder, optimizers, train_split, config, epoch,
                                  None if budget is None else budget - spent, progress)
         spent += stats["train_seconds"]
         metrics = evaluate_encoder(encoder, val_split)
+        generation = encoder.generation_metrics(val_split)
         history.append({"epoch": epoch + 1, **encoder.describe_epoch(epoch), **stats, "lr": scheduler.get_last_lr()[0],
-                        "val": metrics.as_dict(), "peak_memory_mb": _peak_memory_mb()})
+                        "val": metrics.as_dict(), **({"val_generation": generation} if generation else {}),
+                        "peak_memory_mb": _peak_memory_mb()})
         if metrics.rsum > best_rsum:
             best_rsum = metrics.rsum
             encoder.save(out_dir / BEST_MODEL)
-        _save_state(out_dir, encoder, optimizer, scheduler, history, config)
+        _save_state(out_dir, encoder, optimizers, history, config)
         _report_epoch(history[-1], progress)
     best = max(history, key=lambda h: h["val"]["rsum"]) if history else None
     best_metrics = RetrievalMetrics(**best["val"]) if best else None
     return TrainResult(out_dir / BEST_MODEL, best_metrics, history, time.perf_counter() - started, _peak_memory_mb())
+
+
+@dataclass
+class _Optimizers:
+    main: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    discriminator: torch.optim.Optimizer | None  # for families with an adversarial step (GXN)
+
+
+def _main_parameters(encoder: Encoder) -> list[torch.nn.Parameter]:
+    adversarial = {id(p) for p in encoder.discriminator_parameters()}
+    return [p for p in encoder.parameters() if p.requires_grad and id(p) not in adversarial]
+
+
+def _discriminator_optimizer(encoder: Encoder) -> torch.optim.Optimizer | None:
+    """Adam with beta1 = 0.5, as GAN discriminators are usually trained; its rate from the model config."""
+    parameters = encoder.discriminator_parameters()
+    if not parameters:
+        return None
+    lr = float(encoder.config.get("imagine", {}).get("discriminator_lr", 2e-4))
+    return torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.999))
 
 
 def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:
@@ -169,7 +196,7 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
     return factor
 
 
-def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit, config: TrainConfig,
+def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSplit, config: TrainConfig,
                      epoch: int, time_left: float | None, progress: bool) -> dict:
     encoder.train()
     order = torch.randperm(len(split))
@@ -182,20 +209,19 @@ def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit
     for batch in bar:
         pixels = _augment(split.pixels[batch], encoder.image_size, config).to(encoder.device, non_blocking=True)
         captions = [random.choice(split.records[i].captions) for i in batch.tolist()]
+        adversary = _discriminator_step(encoder, optimizers.discriminator, pixels, captions, epoch, steps)
         losses = encoder.training_losses(pixels, captions, epoch, image_ids=batch)
-        if not torch.isfinite(losses["loss"]):
-            raise FloatingPointError(f"epoch {epoch + 1}, step {steps + 1}: the loss is {float(losses['loss'])}; "
-                                     "lower the learning rate (the last good checkpoint is kept)")
-        optimizer.zero_grad(set_to_none=True)
+        _check_finite(losses["loss"], epoch, steps)
+        optimizers.main.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
+            torch.nn.utils.clip_grad_norm_(optimizers.main.param_groups[0]["params"], config.grad_clip)
+        optimizers.main.step()
+        optimizers.scheduler.step()
         seen += len(batch)
         steps += 1
         total_loss += float(losses["loss"].detach())
-        for name, value in losses.items():
+        for name, value in [*losses.items(), *adversary.items()]:
             terms[name] = terms.get(name, 0.0) + float(value.detach())
         elapsed = time.perf_counter() - started
         bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}", img_s=f"{seen / elapsed:.0f}")
@@ -206,6 +232,25 @@ def _train_one_epoch(encoder: Encoder, optimizer, scheduler, split: DecodedSplit
     steps = max(1, steps)
     return {"train_loss": total_loss / steps, "loss_terms": {k: v / steps for k, v in terms.items()},
             "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9), "images_seen": seen}
+
+
+def _discriminator_step(encoder: Encoder, optimizer: torch.optim.Optimizer | None, pixels: torch.Tensor,
+                        captions: list[str], epoch: int, step: int) -> dict[str, torch.Tensor]:
+    """One discriminator update before the generator/embedding update (the alternating GAN schedule)."""
+    losses = encoder.discriminator_losses(pixels, captions, epoch) if optimizer is not None else None
+    if not losses:
+        return {}
+    _check_finite(losses["loss"], epoch, step)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    return {f"discriminator_{name}": value.detach() for name, value in losses.items()}
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"epoch {epoch + 1}, step {step + 1}: the loss is {float(loss)}; "
+                                 "lower the learning rate (the last good checkpoint is kept)")
 
 
 def _augment(pixels: torch.Tensor, size: int, config: TrainConfig) -> torch.Tensor:
@@ -222,11 +267,13 @@ def _augment(pixels: torch.Tensor, size: int, config: TrainConfig) -> torch.Tens
     return out
 
 
-def _save_state(out_dir: Path, encoder: Encoder, optimizer, scheduler, history: list[dict],
+def _save_state(out_dir: Path, encoder: Encoder, optimizers: _Optimizers, history: list[dict],
                 config: TrainConfig) -> None:
-    state = {"encoder": encoder.checkpoint_payload(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "history": history, "train_config": config.as_dict(),
+    state = {"encoder": encoder.checkpoint_payload(), "optimizer": optimizers.main.state_dict(),
+             "scheduler": optimizers.scheduler.state_dict(), "history": history, "train_config": config.as_dict(),
              "rng": _rng_state()}
+    if optimizers.discriminator is not None:
+        state["discriminator_optimizer"] = optimizers.discriminator.state_dict()
     atomic_torch_save(state, out_dir / LAST_CHECKPOINT)
     (out_dir / "metrics.json").write_text(json.dumps({"config": config.as_dict(), "history": history}, indent=1))
     plot_history(history, out_dir / "metrics.png")
@@ -247,7 +294,8 @@ def _report_epoch(entry: dict, progress: bool) -> None:
     val = entry["val"]
     stage = f" [stage {entry['stage']}]" if "stage" in entry else ""
     print(f"epoch {entry['epoch']}{stage}: loss {entry['train_loss']:.4f}, {entry['images_per_second']:.0f} img/s, "
-          f"val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})", flush=True)
+          f"val rsum {val['rsum']:.1f} (i2t R@1 {val['i2t_r1']:.1f}, t2i R@1 {val['t2i_r1']:.1f})"
+          + "".join(f", {k} {v:.3f}" for k, v in entry.get("val_generation", {}).items()), flush=True)
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,0 +1,273 @@
+"""GXN (Gu et al., CVPR 2018, "Look, Imagine and Match"): retrieval shaped by generation.
+
+Match. The image CNN feeds two projections, an abstract (high-level) and a concrete (low-level)
+image embedding; two GRU sentence encoders give the matching text embeddings. Retrieval scores
+
+    s*(t, v) = lam * cos(t_h, v_h) + (1 - lam) * cos(t_l, v_l)
+
+and VSE++'s ranking loss (hardest negative, both directions) is applied to s*. The served vector
+is `two_level.join_levels`: [sqrt(lam) v_h/|v_h| ; sqrt(1-lam) v_l/|v_l|], unit length, whose inner
+product is s*, so faiss serves GXN like any other encoder.
+
+Look (image -> text). A caption decoder (`caption_decoder.py`) attends over the CNN's feature-map
+regions and starts from the concrete image feature v_l; cross-entropy, then optionally
+self-critical training (REINFORCE, greedy caption as baseline, CIDEr-D reward).
+
+Imagine (text -> image). Conditioning augmentation on the concrete text feature t_l, a generator
+of small images and a matching-aware discriminator (`imagine.py`). The discriminator is trained in
+its own step (`discriminator_losses`, its own optimizer; the trainer alternates the two); the
+generator's loss and the KL term flow back into t_l.
+
+Schedule: `schedule.warmup_epochs` epochs of ranking loss only, then every term, each with its
+weight from the config. A weight of 0 drops that branch (the ablation without generative terms
+sets both to 0, leaving a two-level VSE++).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.caption_decoder import CaptionDecoder
+from models.caption_metrics import CiderD, bleu, cider_d
+from models.data import DecodedSplit
+from models.data.records import ImageRecord
+from models.encoders.base import Encoder, ImageBatch, normalize_pixels
+from models.encoders.image_towers import RESNETS, build_image_backbone
+from models.encoders.registry import register_family
+from models.encoders.text_towers import RNNTextTower
+from models.imagine import (
+    ConditioningAugmentation,
+    Generator,
+    MatchingDiscriminator,
+    discriminator_loss,
+    generator_loss,
+)
+from models.losses import build_ranking_loss, ranking_loss
+from models.two_level import join_levels, joint_similarity
+from models.vocab import Vocabulary
+
+
+class TwoLevelImageTower(nn.Module):
+    """A ResNet -> abstract and concrete image features, plus its feature map as attention regions."""
+
+    def __init__(self, cfg: dict[str, Any], level_dim: int, regions_from: str = "layer4"):
+        super().__init__()
+        name = cfg.get("backbone", "resnet18")
+        if name not in RESNETS:
+            raise ValueError(f"gxn: image backbone {name!r} unsupported; GXN needs a ResNet "
+                             f"({', '.join(RESNETS)}), whose feature map gives the caption decoder its regions")
+        if regions_from not in ("layer3", "layer4"):
+            raise ValueError(f"gxn: caption.regions_from must be 'layer3' or 'layer4', got {regions_from!r}")
+        backbone = build_image_backbone(cfg)
+        self.backbone = backbone.module.to(memory_format=torch.channels_last)
+        self.regions_from = regions_from
+        self.region_dim = backbone.feature_dim // (2 if regions_from == "layer3" else 1)
+        self.project_high = nn.Linear(backbone.feature_dim, level_dim)
+        self.project_low = nn.Linear(backbone.feature_dim, level_dim)
+        self.register_buffer("mean", torch.tensor(backbone.mean), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std), persistent=False)
+        self.frozen = bool(cfg.get("freeze", False))
+        self.backbone.requires_grad_(not self.frozen)
+
+    def train(self, mode: bool = True) -> TwoLevelImageTower:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(abstract feature, concrete feature, regions (N, R, C))."""
+        net = self.backbone
+        x = normalize_pixels(pixels, self.mean, self.std)
+        x = net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))))
+        regions = x
+        x = net.layer4(x)
+        if self.regions_from == "layer4":
+            regions = x
+        pooled = x.mean(dim=(2, 3))
+        return self.project_high(pooled), self.project_low(pooled), regions.flatten(2).transpose(1, 2)
+
+
+@register_family("gxn")
+class GXN(Encoder):
+    family = "gxn"
+
+    def __init__(self, name: str, config: dict[str, Any], vocab: Vocabulary | None = None,
+                 extra: dict[str, Any] | None = None):
+        super().__init__(name, config)
+        if vocab is None:
+            raise ValueError("gxn: the GRU sentence encoders and the caption decoder need a vocabulary "
+                             "(built from the training captions)")
+        if self.embed_dim % 2:
+            raise ValueError(f"gxn: embed_dim {self.embed_dim} must be even (half per level)")
+        self.lam = float(config.get("lambda", 0.5))
+        if not 0.0 <= self.lam <= 1.0:
+            raise ValueError(f"gxn: lambda must be in [0, 1], got {self.lam}")
+        level = self.embed_dim // 2
+        text, caption, imagine = config.get("text", {}), config.get("caption", {}), config.get("imagine", {})
+        self.image_tower = TwoLevelImageTower(config.get("image", {}), level, caption.get("regions_from", "layer4"))
+        self.text_high, self.text_low = (
+            RNNTextTower(vocab, level, word_dim=text.get("word_dim", 300), rnn=text.get("rnn", "gru"),
+                         max_length=text.get("max_length", 32)) for _ in range(2))
+        self.loss = build_ranking_loss({"kind": "max_hinge", **config.get("loss", {})})
+        self.warmup_epochs = int(config.get("schedule", {}).get("warmup_epochs", 0))
+        self.caption_weight = float(caption.get("weight", 1.0))
+        self.scst_from_epoch = caption.get("scst_from_epoch")
+        self.scst_weight = float(caption.get("scst_weight", 1.0))
+        self.beam_width = int(caption.get("beam_width", 3))
+        self.decoder = CaptionDecoder(vocab, level, self.image_tower.region_dim,
+                                      word_dim=caption.get("word_dim", 256), hidden_dim=caption.get("hidden_dim", 512),
+                                      attention_dim=caption.get("attention_dim", 256),
+                                      max_length=caption.get("max_length", 20)) if self.caption_weight else None
+        self.imagine_weight = float(imagine.get("weight", 1.0))
+        self.kl_weight = float(imagine.get("kl_weight", 1.0))
+        self.imagined_size = int(imagine.get("image_size", 64))
+        if self.imagine_weight:
+            condition = int(imagine.get("condition_dim", 128))
+            self.conditioning = ConditioningAugmentation(level, condition)
+            self.generator = Generator(condition, imagine.get("noise_dim", 64), imagine.get("generator_width", 64),
+                                       self.imagined_size)
+            self.discriminator = MatchingDiscriminator(condition, imagine.get("discriminator_width", 32),
+                                                       self.imagined_size)
+        self._cider: CiderD | None = None
+        self._references: list[list[str]] = []
+
+    # --- what the app asks for ----------------------------------------------------------------
+    @property
+    def describes_images(self) -> bool:
+        return self.decoder is not None
+
+    @property
+    def imagines_texts(self) -> bool:
+        return self.imagine_weight > 0
+
+    @torch.no_grad()
+    def describe(self, images: ImageBatch, beam_width: int | None = None) -> list[str]:
+        """One generated caption per image (beam search; greedy with beam_width=1)."""
+        if self.decoder is None:
+            raise ValueError(f"encoder {self.name!r} was built without the caption decoder")
+        _, low, regions = self.image_tower(self.prepare_images(images))
+        width = self.beam_width if beam_width is None else beam_width
+        ids = self.decoder.greedy(low, regions) if width <= 1 else self.decoder.beam(low, regions, width)
+        return [self.decoder.decode(words) for words in ids]
+
+    @torch.no_grad()
+    def imagine(self, texts: Sequence[str], seed: int = 0) -> torch.Tensor:
+        """What the model imagines for each text: uint8 (N, 3, S, S). The condition is the mean of
+        its augmentation and the noise is seeded, so a text always gives the same picture."""
+        if not self.imagines_texts:
+            raise ValueError(f"encoder {self.name!r} was built without the image generator")
+        _, mu, _ = self.conditioning.sample(self.text_low(list(texts)))
+        noise = torch.randn(len(mu), self.generator.noise_dim, generator=torch.Generator().manual_seed(seed))
+        images = self.generator(mu, noise.to(mu.device))
+        return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+
+    def generation_metrics(self, split: DecodedSplit, beam_width: int = 1) -> dict[str, float]:
+        """Corpus BLEU-4 and CIDEr-D of the generated captions against the split's own captions."""
+        if not self.describes_images:
+            return {}
+        was_training = self.training
+        self.eval()
+        generated = [c for start in range(0, len(split), 256)
+                     for c in self.describe(split.pixels[start:start + 256], beam_width)]
+        self.train(was_training)
+        references = [r.captions for r in split.records]
+        return {"bleu4": bleu(generated, references), "cider_d": cider_d(generated, references)}
+
+    # --- the encoder interface ----------------------------------------------------------------
+    def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
+        high, low, _ = self.image_tower(pixels)
+        return join_levels(high, low, self.lam)
+
+    def text_embedding(self, texts: list[str]) -> torch.Tensor:
+        return join_levels(self.text_high(texts), self.text_low(texts), self.lam)
+
+    def unknown_words(self, text: str) -> list[str]:
+        return self.text_high.unknown_words(text)
+
+    def vocabulary_words(self) -> list[str]:
+        return self.text_high.vocab.words
+
+    # --- training -----------------------------------------------------------------------------
+    def generative(self, epoch: int) -> bool:
+        return epoch >= self.warmup_epochs
+
+    def describe_epoch(self, epoch: int) -> dict[str, Any]:
+        if not self.generative(epoch) or not (self.describes_images or self.imagines_texts):
+            return {"stage": "ranking only"}
+        terms = ["ranking"] + ["captioning"] * self.describes_images + ["imagining"] * self.imagines_texts
+        if self._self_critical(epoch):
+            terms.append("self-critical")
+        return {"stage": " + ".join(terms)}
+
+    def attach_training_records(self, train_records: Sequence[ImageRecord]) -> None:
+        """Self-critical training rewards CIDEr-D against an image's own training captions."""
+        self._references = [list(r.captions) for r in train_records]
+        self._cider = None
+
+    def discriminator_parameters(self) -> list[nn.Parameter]:
+        return list(self.discriminator.parameters()) if self.imagines_texts else []
+
+    def discriminator_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int) -> dict | None:
+        """The discriminator's step: real images with their text, generated ones, real with wrong text."""
+        if not self.imagines_texts or not self.generative(epoch):
+            return None
+        with torch.no_grad():
+            condition, mu, _ = self.conditioning.sample(self.text_low(captions))
+            fake = self.generator(condition)
+        return discriminator_loss(self.discriminator, self._gan_pixels(pixels), fake, mu)
+
+    def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
+                        image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        image_high, image_low, regions = self.image_tower(pixels)
+        text_low = self.text_low(captions)
+        scores = joint_similarity(self.text_high(captions), text_low, image_high, image_low, self.lam)
+        rank = ranking_loss(self.loss, scores.t(), epoch)  # the loss wants [image, text]
+        terms, total = {"ranking": rank.detach()}, rank
+        if not self.generative(epoch):
+            return {"loss": total, **terms}
+        if self.describes_images:
+            caption = self.decoder.loss(image_low, regions, captions)
+            terms["caption_xent"] = caption.detach()
+            total = total + self.caption_weight * caption
+            if self._self_critical(epoch):
+                scst, reward = self._self_critical_loss(image_low, regions, image_ids)
+                terms.update(scst=scst.detach(), cider_reward=reward)
+                total = total + self.scst_weight * scst
+        if self.imagines_texts:
+            condition, mu, kl = self.conditioning.sample(text_low)
+            fooled = generator_loss(self.discriminator, self.generator(condition), mu)
+            terms.update(generator=fooled.detach(), kl=kl.detach())
+            total = total + self.imagine_weight * (fooled + self.kl_weight * kl)
+        return {"loss": total, **terms}
+
+    def _self_critical(self, epoch: int) -> bool:
+        return self.describes_images and self.scst_from_epoch is not None and epoch >= int(self.scst_from_epoch)
+
+    def _self_critical_loss(self, features: torch.Tensor, regions: torch.Tensor,
+                            image_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """REINFORCE with the greedy caption as baseline: -(CIDEr-D(sample) - CIDEr-D(greedy)) log p(sample)."""
+        if image_ids is None or not self._references:
+            raise ValueError("self-critical training needs the training captions (attach_training_records)")
+        if self._cider is None:
+            self._cider = CiderD(self._references)
+        references = [self._references[i] for i in image_ids.tolist()]
+        sampled, log_prob = self.decoder.sample(features, regions)
+        greedy = self.decoder.greedy(features.detach(), regions.detach())
+        decode = self.decoder.decode
+        reward = self._cider.scores([decode(s) for s in sampled], references)
+        baseline = self._cider.scores([decode(g) for g in greedy], references)
+        advantage = torch.as_tensor(reward - baseline, dtype=log_prob.dtype, device=log_prob.device)
+        return -(advantage * log_prob).mean(), torch.tensor(float(reward.mean()))
+
+    def _gan_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 training pixels -> the generator's range [-1, 1] at its size."""
+        x = pixels.float() / 127.5 - 1
+        if x.shape[-1] != self.imagined_size:
+            x = F.interpolate(x, size=(self.imagined_size,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        return x
