@@ -108,7 +108,8 @@ def evaluate(
     cache_dir: Path = Path(".cache/imgsearch"),
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
 ) -> None:
-    """Recall@1/5/10, median and mean rank both ways, and rsum, on one split; prints and writes JSON."""
+    """Recall@1/5/10, median and mean rank both ways, and rsum, on one split (and BLEU-4/CIDEr-D of the
+    generated captions, for an encoder that generates them); prints and writes JSON."""
     from models.data import decode_split, load_records, select_split
     from models.encoders import load_encoder
     from models.evaluation import evaluate_encoder
@@ -122,9 +123,13 @@ def evaluate(
         raise ValueError(f"{data}: no usable captioned images in split {split!r}")
     metrics = evaluate_encoder(encoder, decoded, progress=True)
     typer.echo(f"{encoder.name} on {data} [{split}]\n{metrics.table()}")
+    generation = encoder.generation_metrics(decoded)  # {} unless the encoder generates captions (GXN)
+    if generation:
+        typer.echo("generated captions (greedy): " + ", ".join(f"{k} {v:.3f}" for k, v in generation.items()))
     json_out = json_out or checkpoint.with_suffix(f".{split}.json")
     json_out.write_text(json.dumps({"checkpoint": str(checkpoint), "data": data, "split": split,
-                                    "metrics": metrics.as_dict(), "skipped": decoded.report.skipped}, indent=1))
+                                    "metrics": metrics.as_dict(), "skipped": decoded.report.skipped,
+                                    **({"generation": generation} if generation else {})}, indent=1))
     typer.echo(f"wrote {json_out}")
 
 

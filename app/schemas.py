@@ -39,7 +39,12 @@ class SearchResponse(BaseModel):
     results: list[ImageHit] | list[CaptionHit]
     warnings: list[str] = Field(default_factory=list, description="e.g. query words the encoder does not know")
     timings_ms: dict[str, float] = Field(default_factory=dict,
-                                         description="server time per stage: encode, search, metadata")
+                                         description="server time per stage: encode, search, metadata "
+                                                     "(and describe, for a generated caption)")
+    generated_caption: str | None = Field(None, description="image->caption with an encoder that generates "
+                                                            "captions (GXN): its caption for the query image")
+    imagined_image_url: str | None = Field(None, description="text->image with an encoder that imagines images "
+                                                             "(GXN): a PNG of what it imagined for the query text")
 
 
 class TextQuery(BaseModel):

@@ -33,13 +33,26 @@ function captionItem(hit) {
     <span class="text">${escapeHtml(hit.text)}</span> <span class="score">${hit.score.toFixed(3)}</span></li>`;
 }
 
+// GXN encoders also generate: a caption for the query image, an image for the query text.
+function generated(response) {
+  let html = "";
+  if (response.generated_caption) {
+    html += `<p class="generated">Generated caption: <q>${escapeHtml(response.generated_caption)}</q></p>`;
+  }
+  if (response.imagined_image_url) {
+    html += `<figure class="imagined"><img src="${escapeHtml(response.imagined_image_url)}"
+      alt="what the model imagined for the query"><figcaption>what the model imagined</figcaption></figure>`;
+  }
+  return html;
+}
+
 function render(response, append) {
   const captions = response.mode.endsWith("caption");
   const items = response.results.map(captions ? captionItem : imageCard).join("");
   let list = $("#results > ul, #results > ol");
   if (!append || !list) {
     const warnings = response.warnings.map((w) => `<p class="warning">${escapeHtml(w)}</p>`).join("");
-    $("#results").innerHTML = `${warnings}<${captions ? "ol class=\"captions\"" : "ul class=\"grid\""}></${captions ? "ol" : "ul"}>`;
+    $("#results").innerHTML = `${warnings}${generated(response)}<${captions ? "ol class=\"captions\"" : "ul class=\"grid\""}></${captions ? "ol" : "ul"}>`;
     list = $("#results > ul, #results > ol");
   }
   list.insertAdjacentHTML("beforeend", items || (append ? "" : "<li>No results.</li>"));

@@ -18,9 +18,10 @@ router = APIRouter(prefix="/api", tags=["search"])
 
 
 def as_json(response: SearchResponse) -> Response:
-    """Serialised once, by pydantic: a returned model would be dumped, validated against
+    """Serialised once, by pydantic (fields that are None, e.g. a generated caption from an encoder
+    without a decoder, are left out): a returned model would be dumped, validated against
     `response_model` and encoded again by FastAPI, a millisecond of a few-millisecond search."""
-    return Response(response.model_dump_json(), media_type="application/json")
+    return Response(response.model_dump_json(exclude_none=True), media_type="application/json")
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description="results per page")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip (paging)")]
@@ -117,6 +118,15 @@ async def compose(search: SearchDep, settings: SettingsDep,
         terms.append(WeightedTerm(term.weight, text=term.text, image=image))
     return as_json(await search.run(search.compose, terms, parsed.target, parsed.k, parsed.offset,
                                     parsed.min_score, parsed.rerank_top, parsed.index, strict_words=True))
+
+
+@router.get("/imagine", summary="What the serving encoder imagines for a text (PNG; GXN encoders only)",
+            response_class=Response, responses={200: {"content": {"image/png": {}}}})
+async def imagine(search: SearchDep, q: Annotated[str, Query(description="the text to imagine")],
+                  index: IndexName = None,
+                  seed: Annotated[int, Query(ge=0, le=2**31 - 1, description="the noise seed")] = 0) -> Response:
+    png = await search.run(search.imagine_png, q, index, seed)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
 
 
 @router.post("/embed", response_model=EmbedResponse, summary="The normalised embedding of a text or an image")

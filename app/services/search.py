@@ -7,10 +7,12 @@ or the caption index of one served encoder, then joined with the catalogue.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
+from urllib.parse import urlencode
 
 import anyio
 import numpy as np
@@ -22,6 +24,7 @@ from app.services import catalogue_queries as queries
 from app.services.errors import BadQuery, NotFound, UnknownWords
 from app.services.served import Served, ServedIndexes
 from app.services.timing import StageClock
+from models.data.images import BadImageError, open_image
 
 # Called with (mode, {stage: milliseconds}) after each query; the app feeds its Prometheus histograms.
 TimingsObserver = Callable[[str, dict[str, float]], None]
@@ -122,15 +125,52 @@ class SearchService:
         served, clock = self.served.get(index), StageClock()
         with clock.stage("encode"):
             vector, warnings = self.text_vector(served, text)
-        return self._respond(served, clock, f"text->{target}", target, vector, k, offset, min_score, warnings)
+        response = self._respond(served, clock, f"text->{target}", target, vector, k, offset, min_score, warnings)
+        if target == "image" and served.encoder.imagines_texts:
+            # A link, not the picture: the page fetches it beside the results, a client that
+            # does not want it pays nothing.
+            query = urlencode({"q": self.check_text(text), "index": served.name})
+            response.imagined_image_url = f"/api/imagine?{query}"
+        return response
 
     def image_to(self, target: str, query: QueryImage, k: int, offset: int = 0, min_score: float | None = None,
                  index: str | None = None) -> SearchResponse:
         served, clock = self.served.get(index), StageClock()
         with clock.stage("encode"):
             vector = self.image_vector(served, query)
+        generated = None
+        if target == "caption" and served.encoder.describes_images:
+            with clock.stage("describe"):
+                generated = served.encoder.describe([self.query_pixels(query)])[0]
         exclude = {query.image_id} if query.image_id is not None and target == "image" else set()
-        return self._respond(served, clock, f"image->{target}", target, vector, k, offset, min_score, [], exclude)
+        response = self._respond(served, clock, f"image->{target}", target, vector, k, offset, min_score, [],
+                                 exclude)
+        response.generated_caption = generated
+        return response
+
+    def imagine_png(self, text: str, index: str | None = None, seed: int = 0) -> bytes:
+        """The serving encoder's imagined image for `text`, as PNG bytes."""
+        served = self.served.get(index)
+        if not served.encoder.imagines_texts:
+            raise NotFound(f"index {served.name!r} serves encoder {served.encoder.name!r}, which has no image "
+                           "generator (only GXN encoders trained with the imagine branch have one)")
+        pixels = served.encoder.imagine([self.check_text(text)], seed=seed)[0]
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB").save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def query_pixels(self, query: QueryImage) -> Image.Image:
+        """The query image itself: the upload, or the gallery file behind an image id."""
+        if query.image is not None:
+            return query.image
+        with self.sessions() as session:
+            info = queries.image_by_id(session=session, image_id=query.image_id)
+        if info is None:
+            raise NotFound(f"no image with id {query.image_id}")
+        try:
+            return open_image(info.file_path)
+        except BadImageError as error:
+            raise NotFound(f"image {query.image_id} can no longer be read ({error})") from error
 
     def arithmetic(self, query: QueryImage, minus: list[str], plus: list[str], k: int, offset: int = 0,
                    min_score: float | None = None, minus_weight: float = 1.0, plus_weight: float = 1.0,

@@ -159,12 +159,13 @@ class GXN(Encoder):
     @torch.no_grad()
     def imagine(self, texts: Sequence[str], seed: int = 0) -> torch.Tensor:
         """What the model imagines for each text: uint8 (N, 3, S, S). The condition is the mean of
-        its augmentation and the noise is seeded, so a text always gives the same picture."""
+        its augmentation and every text gets the same seeded noise, so a picture depends on its
+        text (and the seed) alone, not on the batch it came in."""
         if not self.imagines_texts:
             raise ValueError(f"encoder {self.name!r} was built without the image generator")
         _, mu, _ = self.conditioning.sample(self.text_low(list(texts)))
-        noise = torch.randn(len(mu), self.generator.noise_dim, generator=torch.Generator().manual_seed(seed))
-        images = self.generator(mu, noise.to(mu.device))
+        noise = torch.randn(1, self.generator.noise_dim, generator=torch.Generator().manual_seed(seed))
+        images = self.generator(mu, noise.to(mu.device).expand(len(mu), -1))
         return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
 
     def generation_metrics(self, split: DecodedSplit, beam_width: int = 1) -> dict[str, float]:

@@ -71,3 +71,16 @@ def png_bytes(colour=(200, 30, 30), size=32) -> bytes:
 
 def served_path(dirs: dict) -> Path:
     return dirs["index_dir"] / "tiny"
+
+
+@pytest.fixture
+def gxn_dirs(app_dirs) -> dict:
+    """app_dirs plus an index "gxn" served by a tiny (untrained) GXN encoder, which has both a
+    caption decoder and an image generator."""
+    captions = [c for r in load_records(app_dirs["gallery"]) for c in r.captions]
+    gxn = create_encoder("gxn_tiny", vocab=Vocabulary.build(captions))
+    checkpoint = gxn.save(app_dirs["root"] / "gxn.pt")
+    build_index(gallery=str(app_dirs["gallery"]), encoder_spec=str(checkpoint), name="gxn",
+                index_dir=app_dirs["index_dir"], sessions=session_factory(app_dirs["url"]),
+                options=BuildOptions(progress=False, workers=0))
+    return app_dirs

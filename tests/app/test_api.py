@@ -295,3 +295,47 @@ def test_a_dual_path_index_built_by_the_cli_is_served_beside_the_vse_one(app_dir
         image_id = bodies["dual"]["results"][0]["id"]
         captions = client.get("/api/search/image", params={"image_id": image_id, "index": "dual"}).json()
         assert captions.get("encoder") == "dual_path_tiny" and captions["results"], captions
+
+
+# --- GXN: a generated caption and an imagined image beside the results --------------------------
+def test_gxn_index_adds_a_generated_caption_and_an_imagined_image(gxn_dirs):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(make_settings(gxn_dirs))) as client:
+        body = client.get("/api/search/text", params={"q": "a red circle", "k": 3, "index": "gxn"}).json()
+        assert body["encoder"] == "gxn_tiny" and len(body["results"]) == 3
+        assert body["imagined_image_url"] == "/api/imagine?q=a+red+circle&index=gxn"
+        picture = client.get(body["imagined_image_url"])
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(picture.content)).size == (32, 32)
+        assert client.get(body["imagined_image_url"]).content == picture.content  # seeded: one text, one picture
+        other_seed = client.get("/api/imagine", params={"q": "a red circle", "index": "gxn", "seed": 7}).content
+        assert other_seed != picture.content
+
+        image_id = body["results"][0]["id"]
+        by_id = client.get("/api/search/image", params={"image_id": image_id, "index": "gxn", "k": 3}).json()
+        assert isinstance(by_id.get("generated_caption"), str) and "describe" in by_id["timings_ms"], by_id
+        upload = client.post("/api/search/image", files={"file": ("q.png", png_bytes(), "image/png")},
+                             data={"index": "gxn", "k": "3"}).json()
+        assert isinstance(upload["generated_caption"], str) and len(upload["results"]) == 3
+        # a generated caption only where captions are the target; an imagined image only for image results
+        assert "generated_caption" not in client.get("/api/search/image", params={
+            "image_id": image_id, "index": "gxn", "target": "image"}).json()
+        assert "imagined_image_url" not in client.get("/api/search/text", params={
+            "q": "a red circle", "index": "gxn", "target": "caption"}).json()
+
+
+def test_encoders_without_generators_leave_the_fields_out_and_imagine_says_why(gxn_dirs):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(make_settings(gxn_dirs))) as client:
+        text = client.get("/api/search/text", params={"q": "a red circle", "index": "tiny"}).json()
+        assert "imagined_image_url" not in text
+        image = client.get("/api/search/image", params={"image_id": text["results"][0]["id"], "index": "tiny"}).json()
+        assert "generated_caption" not in image and image["results"]
+        refused = client.get("/api/imagine", params={"q": "a red circle", "index": "tiny"})
+        assert refused.status_code == 404 and "has no image generator" in refused.json()["detail"]
+        empty = client.get("/api/imagine", params={"q": "   ", "index": "gxn"})
+        assert empty.status_code == 400 and "empty" in empty.json()["detail"]
+        missing = client.get("/api/search/image", params={"image_id": 999_999, "index": "gxn"})
+        assert missing.status_code == 404

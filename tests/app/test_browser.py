@@ -137,3 +137,36 @@ def test_page_is_readable_on_a_phone(server, tmp_path):
         assert width <= 375  # no sideways scrolling
         _shot(page, "phone")
         browser.close()
+
+
+def test_gxn_generated_caption_and_imagined_image_on_the_page(gxn_dirs, tmp_path):
+    port = _free_port()
+    config = uvicorn.Config(create_app(make_settings(gxn_dirs, default_index="gxn")), host="127.0.0.1", port=port,
+                            log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    while not instance.started:
+        time.sleep(0.05)
+    image = tmp_path / "query.png"
+    image.write_bytes(png_bytes((30, 60, 220)))
+    try:
+        with playwright_api.sync_playwright() as playwright:
+            browser = launch(playwright)
+            page = browser.new_context(viewport={"width": 1100, "height": 900}).new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#q", "a small red circle")
+            page.keyboard.press("Enter")
+            imagined = page.wait_for_selector("#results figure.imagined img")
+            page.wait_for_function("img => img.complete && img.naturalWidth === 32", arg=imagined)
+            assert page.inner_text("#results figure.imagined figcaption") == "what the model imagined"
+            _shot(page, "gxn-imagined")
+            page.goto(f"http://127.0.0.1:{port}/?mode=image")
+            page.set_input_files("#image-file", str(image))
+            page.wait_for_selector("#results p.generated q")
+            assert page.inner_text("#results p.generated").startswith("Generated caption:")
+            assert page.locator("#results ol.captions li").count() >= 10
+            browser.close()
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,163 @@
+"""What a trained GXN generates: caption quality (BLEU-4, CIDEr-D) and a grid of imagined images.
+
+    python bench/gxn_generation.py --checkpoint runs/flickr8k_gxn/model_best.pt --data ../shared/data/flickr8k
+    python bench/gxn_generation.py --checkpoint runs/synthetic_gxn/model_best.pt \
+        --data runs/synthetic_scenes_4000/dataset.json
+
+Captions are decoded greedily and with a beam for every image of the split and scored against the
+split's own captions (`models.caption_metrics`). The grid shows, for ten captions of the split
+(its first caption of ten evenly spaced images), the imagined image above the real one.
+
+On the synthetic scenes, where the truth is known, two more checks:
+- captions: of the "colour shape" pairs the generated captions name, the share that are in the
+  scene (precision), and the share of the scene's objects they name (recall);
+- imagined images: for scenes with one object, a nearest-palette colour classifier (each pixel to
+  the closest scene colour; the object colour with most pixels wins) on the imagined image versus
+  the caption's colour; the same classifier on the real images gives its ceiling, chance is 1/10.
+Writes a table to stdout, JSON (default bench/results/gxn_generation_RUN.json) and the grid PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models import load_encoder  # noqa: E402
+from models.caption_metrics import bleu, cider_d, words  # noqa: E402
+from models.data import decode_split, load_records  # noqa: E402
+from models.data.synthetic import BACKGROUNDS, COLOURS, SHAPES  # noqa: E402
+
+
+def generate_captions(encoder, pixels: torch.Tensor, beam_width: int, batch: int = 128) -> list[str]:
+    return [c for start in range(0, len(pixels), batch)
+            for c in encoder.describe(pixels[start:start + batch], beam_width=beam_width)]
+
+
+def caption_quality(encoder, split, beam_width: int) -> dict:
+    references = [r.captions for r in split.records]
+    out = {}
+    for label, width in (("greedy", 1), (f"beam {beam_width}", beam_width)):
+        started = time.perf_counter()
+        generated = generate_captions(encoder, split.pixels, width)
+        out[label] = {"bleu4": bleu(generated, references), "cider_d": cider_d(generated, references),
+                      "ms_per_image": 1000 * (time.perf_counter() - started) / len(generated),
+                      "examples": [{"generated": g, "reference": r[0]} for g, r in zip(generated[:5], references,
+                                                                                         strict=False)]}
+    return out
+
+
+def mentioned_objects(caption: str) -> set[tuple[str, str]]:
+    """("colour", "shape") pairs a caption names: a colour word directly before a shape word."""
+    tokens = [w.rstrip("s") if w.rstrip("s") in SHAPES else w for w in words(caption)]
+    return {(a, b) for a, b in zip(tokens, tokens[1:], strict=False) if a in COLOURS and b in SHAPES}
+
+
+def synthetic_caption_check(encoder, split, beam_width: int) -> dict:
+    generated = generate_captions(encoder, split.pixels, beam_width)
+    named = correct = objects = found = 0
+    for caption, record in zip(generated, split.records, strict=True):
+        truth = {(o["colour"], o["shape"]) for o in record.attributes["objects"]}
+        mentions = mentioned_objects(caption)
+        named, correct = named + len(mentions), correct + len(mentions & truth)
+        objects, found = objects + len(truth), found + len(truth & mentions)
+    return {"object_precision": correct / max(1, named), "object_recall": found / max(1, objects),
+            "objects_named": named, "objects_in_scenes": objects}
+
+
+PALETTE_NAMES = [*COLOURS, *(f"background:{b}" for b in BACKGROUNDS)]
+PALETTE = np.array([*COLOURS.values(), *BACKGROUNDS.values()], dtype=np.float32)
+
+
+def classify_colour(image: np.ndarray) -> str:
+    """image: (3, H, W) uint8. The object colour with the most pixels nearest to it."""
+    pixels = image.reshape(3, -1).T.astype(np.float32)
+    nearest = ((pixels[:, None, :] - PALETTE[None]) ** 2).sum(-1).argmin(1)
+    counts = np.bincount(nearest, minlength=len(PALETTE))[: len(COLOURS)]
+    return list(COLOURS)[int(counts.argmax())]
+
+
+def synthetic_imagine_check(encoder, split) -> dict:
+    single = [(i, r) for i, r in enumerate(split.records) if len(r.attributes.get("objects", [])) == 1]
+    colours = [r.attributes["objects"][0]["colour"] for _, r in single]
+    captions = [r.captions[0] for _, r in single]
+    imagined = torch.cat([encoder.imagine(captions[s:s + 256]) for s in range(0, len(captions), 256)]).numpy()
+    real = split.pixels[[i for i, _ in single]].numpy()
+    imagined_right = sum(classify_colour(x) == c for x, c in zip(imagined, colours, strict=True))
+    real_right = sum(classify_colour(x) == c for x, c in zip(real, colours, strict=True))
+    return {"single_object_scenes": len(single), "imagined_colour_accuracy": imagined_right / max(1, len(single)),
+            "real_colour_accuracy": real_right / max(1, len(single)), "chance": 1 / len(COLOURS)}
+
+
+def imagined_grid(encoder, split, path: Path, count: int = 10) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = np.linspace(0, len(split) - 1, count).round().astype(int)
+    captions = [split.records[i].captions[0] for i in chosen]
+    imagined = encoder.imagine(captions)
+    fig, axes = plt.subplots(2, count, figsize=(2.1 * count, 5.2))
+    for column, (i, caption) in enumerate(zip(chosen, captions, strict=True)):
+        axes[0, column].imshow(imagined[column].permute(1, 2, 0).numpy(), interpolation="nearest")
+        axes[0, column].set_title(textwrap.fill(caption, 28), fontsize=7)
+        axes[1, column].imshow(split.pixels[i].permute(1, 2, 0).numpy())
+        for row in (0, 1):
+            axes[row, column].axis("off")
+    axes[0, 0].text(-0.1, 0.5, "imagined", transform=axes[0, 0].transAxes, rotation=90, va="center", ha="right")
+    axes[1, 0].text(-0.1, 0.5, "real", transform=axes[1, 0].transAxes, rotation=90, va="center", ha="right")
+    fig.suptitle(f"{encoder.name}: what the model imagined for ten {split.records[0].split} captions (top), "
+                 "and the image each caption was written for (bottom)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return captions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a trained GXN model_best.pt")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="JSON (default bench/results/gxn_generation_RUN.json)")
+    parser.add_argument("--grid", type=Path, help="PNG (default bench/results/gxn_imagined_RUN.png)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    encoder = load_encoder(args.checkpoint)
+    if not (encoder.describes_images and encoder.imagines_texts):
+        sys.exit(f"{args.checkpoint}: encoder {encoder.name!r} has no caption decoder or no image generator")
+    run = args.checkpoint.parent.name
+    split = decode_split(load_records(args.data), args.split, encoder.image_size, progress=False)
+    result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split),
+              "captions": caption_quality(encoder, split, args.beam)}
+    if split.records[0].attributes.get("objects"):
+        result["synthetic_captions"] = synthetic_caption_check(encoder, split, args.beam)
+        result["synthetic_imagined"] = synthetic_imagine_check(encoder, split)
+    grid = args.grid or ROOT / "bench" / "results" / f"gxn_imagined_{run}.png"
+    result["grid"], result["grid_captions"] = str(grid), imagined_grid(encoder, split, grid)
+    print(f"{run} on {args.split} ({len(split)} images)")
+    print(f"{'decoding':<10}{'BLEU-4':>8}{'CIDEr-D':>9}{'ms/img':>8}")
+    for label, q in result["captions"].items():
+        print(f"{label:<10}{q['bleu4']:>8.3f}{q['cider_d']:>9.3f}{q['ms_per_image']:>8.1f}")
+    for key in ("synthetic_captions", "synthetic_imagined"):
+        if key in result:
+            print(key, {k: round(v, 3) if isinstance(v, float) else v for k, v in result[key].items()})
+    out = args.out or ROOT / "bench" / "results" / f"gxn_generation_{run}.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out} and {grid}")
+
+
+if __name__ == "__main__":
+    main()

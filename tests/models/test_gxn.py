@@ -1,0 +1,160 @@
+"""GXN: the served vector's inner product is s*, the alternating discriminator step, captions and
+imagined images from a trained-from-scratch model, self-critical training, checkpoints with every
+generator, the ablation without generative terms, and a tiny end-to-end training run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from models import create_encoder, load_encoder
+from models.data import load_records, select_split
+from models.training import TrainConfig, train
+from models.training.trainer import _discriminator_optimizer, _main_parameters
+from models.two_level import joint_similarity
+from models.vocab import SPECIALS, Vocabulary
+
+CAPTIONS = ["a small red circle on the left", "a large blue square at the top", "a yellow cross",
+            "two green stars in the centre"]
+VOCAB = Vocabulary.build(CAPTIONS)
+
+
+def _encoder(**overrides):
+    return create_encoder("gxn_tiny", vocab=VOCAB, overrides=overrides)
+
+
+def _images(n: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.3, 1.0])
+def test_served_inner_product_is_the_two_level_similarity(lam):
+    encoder = _encoder(**{"lambda": lam}).eval()
+    images, texts = encoder.encode_image(_images()), encoder.encode_text(CAPTIONS)
+    with torch.no_grad():
+        image_high, image_low, _ = encoder.image_tower(encoder.prepare_images(_images()))
+        expected = joint_similarity(encoder.text_high(CAPTIONS), encoder.text_low(CAPTIONS), image_high, image_low, lam)
+    assert images.shape == texts.shape == (4, 64)
+    assert torch.allclose(images.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(texts @ images.t(), expected, atol=1e-5)
+
+
+def test_training_losses_follow_the_schedule_and_reach_every_branch():
+    encoder = _encoder(schedule={"warmup_epochs": 1}).train()
+    warm = encoder.training_losses(_images(), CAPTIONS, epoch=0, image_ids=torch.arange(4))
+    assert set(warm) == {"loss", "ranking"} and encoder.discriminator_losses(_images(), CAPTIONS, 0) is None
+    assert encoder.describe_epoch(0) == {"stage": "ranking only"}
+    full = encoder.training_losses(_images(), CAPTIONS, epoch=1, image_ids=torch.arange(4))
+    assert {"ranking", "caption_xent", "generator", "kl"} <= set(full)
+    assert encoder.describe_epoch(1) == {"stage": "ranking + captioning + imagining"}
+    full["loss"].backward()
+    for module in (encoder.decoder, encoder.generator, encoder.conditioning, encoder.text_low, encoder.text_high,
+                   encoder.image_tower.project_low):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_discriminator_is_trained_in_its_own_step_only():
+    encoder = _encoder().train()
+    discriminator = set(map(id, encoder.discriminator.parameters()))
+    main = _main_parameters(encoder)
+    assert main and not discriminator & set(map(id, main))
+    optimizer = _discriminator_optimizer(encoder)
+    assert {id(p) for group in optimizer.param_groups for p in group["params"]} == discriminator
+    terms = encoder.discriminator_losses(_images(), CAPTIONS, epoch=0)
+    assert {"real_right", "fake_right", "real_wrong", "loss"} <= set(terms)
+    terms["loss"].backward()
+    # the discriminator's step sees generated images and text conditions as constants
+    assert all(p.grad is None for p in [*encoder.generator.parameters(), *encoder.text_low.parameters()])
+    assert all(p.grad is not None for p in encoder.discriminator.parameters())
+
+
+def test_generated_captions_are_vocabulary_words_greedy_and_beam():
+    encoder = _encoder().eval()
+    for width in (1, 2):
+        captions = encoder.describe(_images(), beam_width=width)
+        assert len(captions) == 4
+        for caption in captions:
+            words = caption.split()
+            assert len(words) <= encoder.decoder.max_length
+            assert all(w in VOCAB.index and w not in SPECIALS for w in words)
+
+
+def test_imagined_images_are_seeded_uint8_pictures():
+    encoder = _encoder().eval()
+    first, again = encoder.imagine(["a red circle", "a yellow cross"]), encoder.imagine(["a red circle"])
+    assert first.dtype == torch.uint8 and first.shape == (2, 3, 32, 32)
+    assert torch.equal(first[:1], again)
+    assert not torch.equal(first[0], first[1])
+
+
+def test_self_critical_loss_rewards_with_cider_and_reaches_the_decoder(scenes):
+    records = select_split(load_records(scenes), "train")
+    vocab = Vocabulary.build([c for r in records for c in r.captions])
+    encoder = create_encoder("gxn_tiny", vocab=vocab, overrides={"caption": {"scst_from_epoch": 0}}).train()
+    encoder.attach_training_records(records)
+    captions = [r.captions[0] for r in records[:4]]
+    losses = encoder.training_losses(_images(), captions, epoch=0, image_ids=torch.arange(4))
+    assert {"scst", "cider_reward"} <= set(losses) and float(losses["cider_reward"]) >= 0
+    assert "self-critical" in encoder.describe_epoch(0)["stage"]
+    encoder.zero_grad()
+    encoder._self_critical_loss(*encoder.image_tower(_images())[1:], torch.arange(4))[0].backward()
+    assert encoder.decoder.out.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="training captions"):
+        _encoder(caption={"scst_from_epoch": 0}).train().training_losses(_images(), CAPTIONS, 0, torch.arange(4))
+
+
+def test_checkpoint_round_trip_keeps_every_generator(tmp_path):
+    encoder = _encoder().train()
+    encoder.training_losses(_images(), CAPTIONS, epoch=0)["loss"].backward()  # move batch-norm statistics
+    encoder.eval()
+    path = encoder.save(tmp_path / "gxn.pt")
+    loaded = load_encoder(path)
+    assert loaded.family == "gxn" and loaded.describes_images and loaded.imagines_texts
+    state, restored = encoder.state_dict(), loaded.state_dict()
+    assert state.keys() == restored.keys()
+    assert any(k.startswith("generator.") for k in state) and any(k.startswith("discriminator.") for k in state)
+    assert all(torch.equal(state[k], restored[k]) for k in state)
+    assert torch.allclose(encoder.encode_image(_images()), loaded.encode_image(_images()))
+    assert encoder.describe(_images(), beam_width=2) == loaded.describe(_images(), beam_width=2)
+    assert torch.equal(encoder.imagine(CAPTIONS), loaded.imagine(CAPTIONS))
+
+
+def test_ablation_without_generative_terms_has_no_generators():
+    encoder = _encoder(caption={"weight": 0.0}, imagine={"weight": 0.0}).train()
+    assert not encoder.describes_images and not encoder.imagines_texts
+    assert encoder.discriminator_parameters() == [] and _discriminator_optimizer(encoder) is None
+    assert set(encoder.training_losses(_images(), CAPTIONS, epoch=5)) == {"loss", "ranking"}
+    with pytest.raises(ValueError, match="without the caption decoder"):
+        encoder.describe(_images())
+    with pytest.raises(ValueError, match="without the image generator"):
+        encoder.imagine(["a red circle"])
+
+
+def test_bad_configs_name_the_problem():
+    with pytest.raises(ValueError, match="needs a ResNet"):
+        _encoder(image={"backbone": "openclip"})
+    with pytest.raises(ValueError, match="must be even"):
+        _encoder(embed_dim=63)
+    with pytest.raises(ValueError, match="lambda"):
+        _encoder(**{"lambda": 1.5})
+    with pytest.raises(ValueError, match="vocabulary"):
+        create_encoder("gxn_tiny")
+
+
+def test_training_alternates_steps_logs_caption_quality_and_resumes(scenes, tmp_path):
+    config = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "run"), epochs=2,
+                         batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
+                         model_overrides={"schedule": {"warmup_epochs": 1}})
+    train(config, progress=False, stop_after_epochs=1)
+    result = train(config, resume=True, progress=False)
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert [h["stage"] for h in history] == ["ranking only", "ranking + captioning + imagining"]
+    assert "discriminator_loss" not in history[0]["loss_terms"]
+    assert {"discriminator_real_right", "discriminator_fake_right", "discriminator_real_wrong", "generator",
+            "caption_xent"} <= set(history[1]["loss_terms"])
+    assert set(history[1]["val_generation"]) == {"bleu4", "cider_d"}
+    state = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
+    assert state["discriminator_optimizer"]["state"]  # resumable adversarial training
+    assert load_encoder(result.best_checkpoint).imagines_texts
