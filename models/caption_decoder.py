@@ -68,8 +68,9 @@ class CaptionDecoder(nn.Module):
             log_probs, hidden = self._step(words, hidden, regions, projected)
             log_probs[:, [self.pad, self.start]] = float("-inf")  # never emit padding or a second <start>
             words = log_probs.argmax(dim=-1)
+            done = finished.tolist()
             for row, word in enumerate(words.tolist()):
-                if not finished[row] and word != self.end:
+                if not done[row] and word != self.end:
                     out[row].append(word)
             finished |= words == self.end
             if finished.all():
@@ -88,11 +89,14 @@ class CaptionDecoder(nn.Module):
         total = features.new_zeros(len(features))
         for _ in range(self.max_length):
             log_probs, hidden = self._step(words, hidden, regions, projected)
-            log_probs = log_probs.masked_fill(banned, float("-inf"))
+            # re-normalised without the banned words: REINFORCE needs the log-probability of the
+            # distribution the words are actually drawn from
+            log_probs = log_probs.masked_fill(banned, float("-inf")).log_softmax(dim=-1)
             words = torch.multinomial(log_probs.detach().exp(), 1).squeeze(1)
             total = total + log_probs.gather(1, words[:, None]).squeeze(1) * (~finished)
+            done = finished.tolist()  # one device sync per step, not one per row
             for row, word in enumerate(words.tolist()):
-                if not finished[row] and word != self.end:
+                if not done[row] and word != self.end:
                     out[row].append(word)
             finished = finished | (words == self.end)
             if finished.all():

@@ -8,8 +8,8 @@ N(mu(t), diag(sigma(t)^2)); the condition c is sampled from it (reparameterised)
 keeps that manifold smooth. The generator maps [c; z] to a 64x64 image. The matching-aware
 discriminator (Reed et al. 2016) scores three pairings: (real image, right text) as real, and both
 (generated image, right text) and (real image, wrong text) as fake, so it checks the match, not
-only the realism. Its gradients reach the text feature: that is how generation shapes GXN's
-concrete embedding.
+only the realism. Through the generator, its gradients reach the text feature: that is how
+generation shapes GXN's concrete embedding.
 """
 
 from __future__ import annotations
@@ -107,6 +107,7 @@ def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor,
 
 
 def generator_loss(discriminator: MatchingDiscriminator, fake: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-    """Fool the discriminator on (generated image, right text); gradients reach the condition."""
+    """Fool the discriminator on (generated image, right text); gradients reach whatever made `fake`
+    (and `condition`, unless the caller detaches it, as GXN does)."""
     scores = discriminator(fake, condition)
     return F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))

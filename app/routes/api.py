@@ -124,9 +124,13 @@ async def compose(search: SearchDep, settings: SettingsDep,
             response_class=Response, responses={200: {"content": {"image/png": {}}}})
 async def imagine(search: SearchDep, q: Annotated[str, Query(description="the text to imagine")],
                   index: IndexName = None,
-                  seed: Annotated[int, Query(ge=0, le=2**31 - 1, description="the noise seed")] = 0) -> Response:
-    png = await search.run(search.imagine_png, q, index, seed)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "public, max-age=3600"})
+                  seed: Annotated[int, Query(ge=0, le=2**31 - 1, description="the noise seed")] = 0,
+                  version: Annotated[int | None, Query(ge=1, description="the index version the link was made "
+                                                                        "for: a cache key")] = None
+                  ) -> Response:
+    png, cacheable = await search.run(search.imagine_png, q, index, seed, version)
+    cache = "public, max-age=3600" if cacheable else "no-store"  # an old link gets today's model's picture
+    return Response(png, media_type="image/png", headers={"Cache-Control": cache})
 
 
 @router.post("/embed", response_model=EmbedResponse, summary="The normalised embedding of a text or an image")

@@ -128,8 +128,10 @@ class SearchService:
         response = self._respond(served, clock, f"text->{target}", target, vector, k, offset, min_score, warnings)
         if target == "image" and served.encoder.imagines_texts:
             # A link, not the picture: the page fetches it beside the results, a client that
-            # does not want it pays nothing.
-            query = urlencode({"q": self.check_text(text), "index": served.name})
+            # does not want it pays nothing. The version makes it a new URL (not a stale cached
+            # picture) once a new model is published under the same index name.
+            query = urlencode({"q": self.check_text(text), "index": served.name,
+                               "version": served.version.version.version})
             response.imagined_image_url = f"/api/imagine?{query}"
         return response
 
@@ -138,26 +140,32 @@ class SearchService:
         served, clock = self.served.get(index), StageClock()
         with clock.stage("encode"):
             vector = self.image_vector(served, query)
-        generated = None
+        generated, warnings = None, []
         if target == "caption" and served.encoder.describes_images:
             with clock.stage("describe"):
-                generated = served.encoder.describe([self.query_pixels(query)])[0]
+                try:
+                    generated = served.encoder.describe([self.query_pixels(query)])[0]
+                except NotFound as error:  # the file is gone, its vector is not: still answer
+                    warnings.append(f"no generated caption: {error.message}")
         exclude = {query.image_id} if query.image_id is not None and target == "image" else set()
-        response = self._respond(served, clock, f"image->{target}", target, vector, k, offset, min_score, [],
+        response = self._respond(served, clock, f"image->{target}", target, vector, k, offset, min_score, warnings,
                                  exclude)
         response.generated_caption = generated
         return response
 
-    def imagine_png(self, text: str, index: str | None = None, seed: int = 0) -> bytes:
-        """The serving encoder's imagined image for `text`, as PNG bytes."""
+    def imagine_png(self, text: str, index: str | None = None, seed: int = 0,
+                    version: int | None = None) -> tuple[bytes, bool]:
+        """The serving encoder's imagined image for `text` as PNG bytes, and whether it may be cached:
+        not when the link was made for another `version` (the picture is the served model's)."""
         served = self.served.get(index)
+        cacheable = version is None or version == served.version.version.version
         if not served.encoder.imagines_texts:
             raise NotFound(f"index {served.name!r} serves encoder {served.encoder.name!r}, which has no image "
                            "generator (only GXN encoders trained with the imagine branch have one)")
         pixels = served.encoder.imagine([self.check_text(text)], seed=seed)[0]
         buffer = io.BytesIO()
         Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB").save(buffer, "PNG")
-        return buffer.getvalue()
+        return buffer.getvalue(), cacheable
 
     def query_pixels(self, query: QueryImage) -> Image.Image:
         """The query image itself: the upload, or the gallery file behind an image id."""

@@ -64,8 +64,13 @@ class Encoder(nn.Module):
 
     # Families with generators (GXN) override these: a caption generated for a query image, an
     # image imagined for a query text. The app shows them only where they are True.
-    describes_images: ClassVar[bool] = False
-    imagines_texts: ClassVar[bool] = False
+    @property
+    def describes_images(self) -> bool:
+        return False
+
+    @property
+    def imagines_texts(self) -> bool:
+        return False
 
     def describe(self, images: ImageBatch, beam_width: int | None = None) -> list[str]:
         raise NotImplementedError(f"{type(self).__name__} does not generate captions")
@@ -115,6 +120,10 @@ class Encoder(nn.Module):
         """Parameters trained adversarially, by their own optimizer in their own step (see
         `discriminator_losses`); the main optimizer leaves them alone. None for most families."""
         return []
+
+    def discriminator_optimizer(self) -> torch.optim.Optimizer | None:
+        """The optimizer of `discriminator_parameters` (None when there are none)."""
+        return None
 
     def discriminator_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int
                              ) -> dict[str, torch.Tensor] | None:

@@ -174,9 +174,11 @@ class GXN(Encoder):
             return {}
         was_training = self.training
         self.eval()
-        generated = [c for start in range(0, len(split), 256)
-                     for c in self.describe(split.pixels[start:start + 256], beam_width)]
-        self.train(was_training)
+        try:
+            generated = [c for start in range(0, len(split), 256)
+                         for c in self.describe(split.pixels[start:start + 256], beam_width)]
+        finally:
+            self.train(was_training)
         references = [r.captions for r in split.records]
         return {"bleu4": bleu(generated, references), "cider_d": cider_d(generated, references)}
 
@@ -214,6 +216,14 @@ class GXN(Encoder):
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return list(self.discriminator.parameters()) if self.imagines_texts else []
 
+    def discriminator_optimizer(self) -> torch.optim.Optimizer | None:
+        """Adam with beta1 = 0.5, as GAN discriminators are usually trained, at the constant rate
+        `imagine.discriminator_lr`: the main schedule's warm-up and decay are for the embedding."""
+        if not self.imagines_texts:
+            return None
+        lr = float(self.config.get("imagine", {}).get("discriminator_lr", 2e-4))
+        return torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+
     def discriminator_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int) -> dict | None:
         """The discriminator's step: real images with their text, generated ones, real with wrong text."""
         if not self.imagines_texts or not self.generative(epoch):
@@ -242,7 +252,13 @@ class GXN(Encoder):
                 total = total + self.scst_weight * scst
         if self.imagines_texts:
             condition, mu, kl = self.conditioning.sample(text_low)
-            fooled = generator_loss(self.discriminator, self.generator(condition), mu)
+            # The text reaches the generator loss only through the generated image: given to the
+            # discriminator as a condition, `mu` is a constant, or the text encoder could learn to
+            # fool the discriminator by moving its own condition instead of shaping the picture.
+            # The discriminator is frozen here: this step trains the generator, not it.
+            self.discriminator.requires_grad_(False)
+            fooled = generator_loss(self.discriminator, self.generator(condition), mu.detach())
+            self.discriminator.requires_grad_(True)
             terms.update(generator=fooled.detach(), kl=kl.detach())
             total = total + self.imagine_weight * (fooled + self.kl_weight * kl)
         return {"loss": total, **terms}

@@ -65,7 +65,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     train_split, val_split = _decode_splits(config, records, encoder.image_size, progress)
     encoder.attach_training_records(train_split.records)
     optimizer = torch.optim.AdamW(_main_parameters(encoder), lr=config.lr, weight_decay=config.weight_decay)
-    discriminator_optimizer = _discriminator_optimizer(encoder)
+    discriminator_optimizer = encoder.discriminator_optimizer()
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
     history: list[dict] = state["history"] if state else []
@@ -112,15 +112,6 @@ class _Optimizers:
 def _main_parameters(encoder: Encoder) -> list[torch.nn.Parameter]:
     adversarial = {id(p) for p in encoder.discriminator_parameters()}
     return [p for p in encoder.parameters() if p.requires_grad and id(p) not in adversarial]
-
-
-def _discriminator_optimizer(encoder: Encoder) -> torch.optim.Optimizer | None:
-    """Adam with beta1 = 0.5, as GAN discriminators are usually trained; its rate from the model config."""
-    parameters = encoder.discriminator_parameters()
-    if not parameters:
-        return None
-    lr = float(encoder.config.get("imagine", {}).get("discriminator_lr", 2e-4))
-    return torch.optim.Adam(parameters, lr=lr, betas=(0.5, 0.999))
 
 
 def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:

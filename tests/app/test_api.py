@@ -304,9 +304,12 @@ def test_gxn_index_adds_a_generated_caption_and_an_imagined_image(gxn_dirs):
     with TestClient(create_app(make_settings(gxn_dirs))) as client:
         body = client.get("/api/search/text", params={"q": "a red circle", "k": 3, "index": "gxn"}).json()
         assert body["encoder"] == "gxn_tiny" and len(body["results"]) == 3
-        assert body["imagined_image_url"] == "/api/imagine?q=a+red+circle&index=gxn"
+        assert body["imagined_image_url"] == "/api/imagine?q=a+red+circle&index=gxn&version=1"
         picture = client.get(body["imagined_image_url"])
         assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        assert picture.headers["cache-control"].startswith("public")
+        stale = client.get("/api/imagine", params={"q": "a red circle", "index": "gxn", "version": 9})
+        assert stale.content == picture.content and stale.headers["cache-control"] == "no-store"
         assert Image.open(io.BytesIO(picture.content)).size == (32, 32)
         assert client.get(body["imagined_image_url"]).content == picture.content  # seeded: one text, one picture
         other_seed = client.get("/api/imagine", params={"q": "a red circle", "index": "gxn", "seed": 7}).content
@@ -339,3 +342,27 @@ def test_encoders_without_generators_leave_the_fields_out_and_imagine_says_why(g
         assert empty.status_code == 400 and "empty" in empty.json()["detail"]
         missing = client.get("/api/search/image", params={"image_id": 999_999, "index": "gxn"})
         assert missing.status_code == 404
+        for params, status in (({"index": "gxn"}, 422), ({"q": "a", "index": "nope"}, 404),
+                               ({"q": "a", "index": "gxn", "seed": -1}, 422),
+                               ({"q": "a" * 300, "index": "gxn"}, 400)):
+            answer = client.get("/api/imagine", params=params)
+            assert answer.status_code == status and answer.json()["detail"], (params, answer.text)
+
+
+def test_a_gallery_file_gone_since_indexing_still_gets_captions_without_a_generated_one(gxn_dirs):
+    from fastapi.testclient import TestClient
+    from sqlalchemy import update
+
+    from indexer.catalogue import ImageRow
+    from indexer.db import session_factory
+
+    with TestClient(create_app(make_settings(gxn_dirs))) as client:
+        results = client.get("/api/search/text", params={"q": "a red circle", "index": "gxn"}).json()["results"]
+        image_id = results[0]["id"]
+        with session_factory(gxn_dirs["url"])() as session:  # the file moved away after indexing
+            session.execute(update(ImageRow).where(ImageRow.id == image_id).values(
+                file_path=str(gxn_dirs["root"] / "moved-away.png")))
+            session.commit()
+        body = client.get("/api/search/image", params={"image_id": image_id, "index": "gxn"}).json()
+        assert body["results"] and "generated_caption" not in body
+        assert any("no generated caption" in w and "can no longer be read" in w for w in body["warnings"])

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from models import create_encoder, load_encoder
 from models.data import load_records, select_split
 from models.training import TrainConfig, train
-from models.training.trainer import _discriminator_optimizer, _main_parameters
+from models.training.trainer import _main_parameters
 from models.two_level import joint_similarity
 from models.vocab import SPECIALS, Vocabulary
 
@@ -60,14 +61,32 @@ def test_discriminator_is_trained_in_its_own_step_only():
     discriminator = set(map(id, encoder.discriminator.parameters()))
     main = _main_parameters(encoder)
     assert main and not discriminator & set(map(id, main))
-    optimizer = _discriminator_optimizer(encoder)
+    optimizer = encoder.discriminator_optimizer()
     assert {id(p) for group in optimizer.param_groups for p in group["params"]} == discriminator
+    assert optimizer.param_groups[0]["betas"] == (0.5, 0.999)
     terms = encoder.discriminator_losses(_images(), CAPTIONS, epoch=0)
     assert {"real_right", "fake_right", "real_wrong", "loss"} <= set(terms)
     terms["loss"].backward()
     # the discriminator's step sees generated images and text conditions as constants
-    assert all(p.grad is None for p in [*encoder.generator.parameters(), *encoder.text_low.parameters()])
+    assert all(p.grad is None for p in [*encoder.generator.parameters(), *encoder.text_low.parameters(),
+                                        *encoder.conditioning.parameters()])
     assert all(p.grad is not None for p in encoder.discriminator.parameters())
+    # ... and the generator/embedding step leaves the discriminator alone
+    encoder.zero_grad(set_to_none=True)
+    encoder.training_losses(_images(), CAPTIONS, epoch=0)["loss"].backward()
+    assert all(p.grad is None for p in encoder.discriminator.parameters())
+    assert all(p.requires_grad for p in encoder.discriminator.parameters())
+
+
+def test_text_learns_from_the_generator_loss_only_through_the_generated_image(monkeypatch):
+    """The condition given to the discriminator in the generator step is a constant: with the
+    generator's output cut off, the generator loss sends no gradient to the text encoder."""
+    encoder = _encoder(caption={"weight": 0.0}, imagine={"kl_weight": 0.0}).train()
+    monkeypatch.setattr("models.encoders.gxn.ranking_loss", lambda loss, scores, epoch: scores.sum() * 0)
+    monkeypatch.setattr(encoder.generator, "forward", lambda condition, noise=None: torch.zeros(
+        len(condition), 3, 32, 32))
+    encoder.training_losses(_images(), CAPTIONS, epoch=0)["loss"].backward()
+    assert all(p.grad is None or not p.grad.abs().sum() for p in encoder.text_low.parameters())
 
 
 def test_generated_captions_are_vocabulary_words_greedy_and_beam():
@@ -89,18 +108,27 @@ def test_imagined_images_are_seeded_uint8_pictures():
     assert not torch.equal(first[0], first[1])
 
 
-def test_self_critical_loss_rewards_with_cider_and_reaches_the_decoder(scenes):
+def test_self_critical_loss_is_reinforce_with_the_greedy_baseline(scenes, monkeypatch):
     records = select_split(load_records(scenes), "train")
     vocab = Vocabulary.build([c for r in records for c in r.captions])
     encoder = create_encoder("gxn_tiny", vocab=vocab, overrides={"caption": {"scst_from_epoch": 0}}).train()
     encoder.attach_training_records(records)
     captions = [r.captions[0] for r in records[:4]]
     losses = encoder.training_losses(_images(), captions, epoch=0, image_ids=torch.arange(4))
-    assert {"scst", "cider_reward"} <= set(losses) and float(losses["cider_reward"]) >= 0
+    assert {"scst", "cider_reward"} <= set(losses) and torch.isfinite(losses["scst"])
     assert "self-critical" in encoder.describe_epoch(0)["stage"]
-    encoder.zero_grad()
-    encoder._self_critical_loss(*encoder.image_tower(_images())[1:], torch.arange(4))[0].backward()
-    assert encoder.decoder.out.weight.grad.abs().sum() > 0
+    # with known rewards: loss = -mean((reward - baseline) * log p(sample))
+    log_prob = torch.tensor([-1.0, -2.0, -3.0, -4.0], requires_grad=True)
+    monkeypatch.setattr(encoder.decoder, "sample", lambda f, r: ([[5], [6], [7], [8]], log_prob))
+    monkeypatch.setattr(encoder.decoder, "greedy", lambda f, r: [[5], [5], [5], [5]])
+    rewards = {vocab.decode([w]): value for w, value in zip([5, 6, 7, 8], [1.0, 3.0, 0.5, 2.0], strict=True)}
+    monkeypatch.setattr(encoder._cider, "scores", lambda cands, refs: np.array([rewards[c] for c in cands]))
+    loss, mean_reward = encoder._self_critical_loss(torch.zeros(4, 32), torch.zeros(4, 16, 128), torch.arange(4))
+    advantages = torch.tensor([0.0, 2.0, -0.5, 1.0])  # each sample's reward minus the greedy caption's (1.0)
+    assert float(loss) == pytest.approx(float(-(advantages * log_prob).mean()))
+    assert float(mean_reward) == pytest.approx(1.625)
+    loss.backward()
+    assert torch.allclose(log_prob.grad, -advantages / 4)  # a sample equal to the baseline gets no push
     with pytest.raises(ValueError, match="training captions"):
         _encoder(caption={"scst_from_epoch": 0}).train().training_losses(_images(), CAPTIONS, 0, torch.arange(4))
 
@@ -124,7 +152,7 @@ def test_checkpoint_round_trip_keeps_every_generator(tmp_path):
 def test_ablation_without_generative_terms_has_no_generators():
     encoder = _encoder(caption={"weight": 0.0}, imagine={"weight": 0.0}).train()
     assert not encoder.describes_images and not encoder.imagines_texts
-    assert encoder.discriminator_parameters() == [] and _discriminator_optimizer(encoder) is None
+    assert encoder.discriminator_parameters() == [] and encoder.discriminator_optimizer() is None
     assert set(encoder.training_losses(_images(), CAPTIONS, epoch=5)) == {"loss", "ranking"}
     with pytest.raises(ValueError, match="without the caption decoder"):
         encoder.describe(_images())
@@ -143,18 +171,24 @@ def test_bad_configs_name_the_problem():
         create_encoder("gxn_tiny")
 
 
-def test_training_alternates_steps_logs_caption_quality_and_resumes(scenes, tmp_path):
-    config = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "run"), epochs=2,
-                         batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
-                         model_overrides={"schedule": {"warmup_epochs": 1}})
-    train(config, progress=False, stop_after_epochs=1)
-    result = train(config, resume=True, progress=False)
+def test_training_alternates_steps_logs_caption_quality_and_resumes_exactly(scenes, tmp_path):
+    def config(out: str) -> TrainConfig:
+        return TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / out), epochs=3,
+                           batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
+                           model_overrides={"schedule": {"warmup_epochs": 1}})
+
+    train(config("run"), progress=False, stop_after_epochs=2)
+    state = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
+    assert state["discriminator_optimizer"]["state"]  # the discriminator's Adam moments are kept
+    result = train(config("run"), resume=True, progress=False)
     history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
-    assert [h["stage"] for h in history] == ["ranking only", "ranking + captioning + imagining"]
+    assert [h["stage"] for h in history] == ["ranking only"] + ["ranking + captioning + imagining"] * 2
     assert "discriminator_loss" not in history[0]["loss_terms"]
     assert {"discriminator_real_right", "discriminator_fake_right", "discriminator_real_wrong", "generator",
             "caption_xent"} <= set(history[1]["loss_terms"])
     assert set(history[1]["val_generation"]) == {"bleu4", "cider_d"}
-    state = torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)
-    assert state["discriminator_optimizer"]["state"]  # resumable adversarial training
     assert load_encoder(result.best_checkpoint).imagines_texts
+    # an uninterrupted run ends where the interrupted-and-resumed one did
+    train(config("straight"), progress=False)
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())["history"]
+    assert straight[-1]["loss_terms"] == pytest.approx(history[-1]["loss_terms"], rel=1e-4)
