@@ -109,28 +109,40 @@ class CaptionDecoder(nn.Module):
         return [self._beam_one(features[i:i + 1], regions[i:i + 1], width) for i in range(len(features))]
 
     def _beam_one(self, feature: torch.Tensor, regions: torch.Tensor, width: int) -> list[int]:
+        """The live beams advance together, one decoder step for all of them; each step keeps the
+        `width` best continuations over every beam and word. A beam ending in <end> is set aside
+        with its mean log-probability per word."""
+        width = max(1, min(width, len(self.vocab) - 2))  # never wider than the words it may emit
         hidden, projected = torch.tanh(self.init_hidden(feature)), self.attend_region(regions)
-        beams: list[tuple[float, list[int], torch.Tensor]] = [(0.0, [], hidden)]
+        sequences: list[list[int]] = [[]]
+        scores = feature.new_zeros(1)
+        words = torch.tensor([self.start], device=feature.device)
         finished: list[tuple[float, list[int]]] = []
         for _ in range(self.max_length):
-            candidates = []
-            for score, words, state in beams:
-                previous = torch.tensor([words[-1] if words else self.start], device=feature.device)
-                log_probs, new_state = self._step(previous, state, regions, projected)
-                log_probs[0, [self.pad, self.start]] = float("-inf")
-                top = log_probs[0].topk(width)
-                for value, word in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-                    candidates.append((score + value, words + [word], new_state))
-            candidates.sort(key=lambda c: c[0], reverse=True)
-            beams = []
-            for score, words, state in candidates[:width]:
-                if words[-1] == self.end:
-                    finished.append((score / len(words), words[:-1]))
+            live = len(sequences)
+            log_probs, hidden = self._step(words, hidden, regions.expand(live, -1, -1),
+                                           projected.expand(live, -1, -1))
+            log_probs[:, [self.pad, self.start]] = float("-inf")
+            top = (scores[:, None] + log_probs).flatten().topk(width)
+            kept_beams, kept_sequences, kept_scores = [], [], []
+            for value, flat in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                beam, word = divmod(flat, log_probs.shape[1])
+                sequence = sequences[beam] + [word]
+                if word == self.end:
+                    finished.append((value / len(sequence), sequence[:-1]))
                 else:
-                    beams.append((score, words, state))
-            if not beams:
+                    kept_beams.append(beam)
+                    kept_sequences.append(sequence)
+                    kept_scores.append(value)
+            if not kept_sequences:
                 break
-        finished += [(score / len(words), words) for score, words, _ in beams]
+            chosen = torch.tensor(kept_beams, device=feature.device)
+            hidden, sequences = hidden[chosen], kept_sequences
+            scores = torch.tensor(kept_scores, device=feature.device)
+            words = torch.tensor([sequence[-1] for sequence in sequences], device=feature.device)
+        else:
+            finished += [(score / len(sequence), sequence)
+                         for score, sequence in zip(scores.tolist(), sequences, strict=True)]
         return max(finished, key=lambda f: f[0])[1]
 
     def decode(self, ids: list[int]) -> str:

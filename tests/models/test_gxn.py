@@ -125,7 +125,7 @@ def test_self_critical_loss_is_reinforce_with_the_greedy_baseline(scenes, monkey
     monkeypatch.setattr(encoder._cider, "scores", lambda cands, refs: np.array([rewards[c] for c in cands]))
     loss, mean_reward = encoder._self_critical_loss(torch.zeros(4, 32), torch.zeros(4, 16, 128), torch.arange(4))
     advantages = torch.tensor([0.0, 2.0, -0.5, 1.0])  # each sample's reward minus the greedy caption's (1.0)
-    assert float(loss) == pytest.approx(float(-(advantages * log_prob).mean()))
+    assert float(loss.detach()) == pytest.approx(float(-(advantages * log_prob).mean().detach()))
     assert float(mean_reward) == pytest.approx(1.625)
     loss.backward()
     assert torch.allclose(log_prob.grad, -advantages / 4)  # a sample equal to the baseline gets no push
