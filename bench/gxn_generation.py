@@ -98,6 +98,17 @@ def synthetic_imagine_check(encoder, split) -> dict:
             "real_colour_accuracy": real_right / max(1, len(single)), "chance": 1 / len(COLOURS)}
 
 
+@torch.no_grad()
+def condition_spread(encoder, split) -> dict:
+    """How much the generator's condition (the mean of the conditioning augmentation) varies from
+    caption to caption: near 0 means the KL term has pulled every text to the same point, and the
+    pictures cannot depend on the text."""
+    captions = [r.captions[0] for r in split.records]
+    _, mu, _ = encoder.conditioning.sample(torch.cat([encoder.text_low(captions[s:s + 256])
+                                                      for s in range(0, len(captions), 256)]))
+    return {"std_across_captions": float(mu.std(0).mean()), "mean_abs": float(mu.abs().mean())}
+
+
 def imagined_grid(encoder, split, path: Path, count: int = 10) -> list[str]:
     import matplotlib
 
@@ -142,6 +153,7 @@ def main() -> None:
     split = decode_split(load_records(args.data), args.split, encoder.image_size, progress=False)
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split),
               "captions": caption_quality(encoder, split, args.beam)}
+    result["condition"] = condition_spread(encoder, split)
     if split.records[0].attributes.get("objects"):
         result["synthetic_captions"] = synthetic_caption_check(encoder, split, args.beam)
         result["synthetic_imagined"] = synthetic_imagine_check(encoder, split)
@@ -151,7 +163,7 @@ def main() -> None:
     print(f"{'decoding':<10}{'BLEU-4':>8}{'CIDEr-D':>9}{'ms/img':>8}")
     for label, q in result["captions"].items():
         print(f"{label:<10}{q['bleu4']:>8.3f}{q['cider_d']:>9.3f}{q['ms_per_image']:>8.1f}")
-    for key in ("synthetic_captions", "synthetic_imagined"):
+    for key in ("condition", "synthetic_captions", "synthetic_imagined"):
         if key in result:
             print(key, {k: round(v, 3) if isinstance(v, float) else v for k, v in result[key].items()})
     out = args.out or ROOT / "bench" / "results" / f"gxn_generation_{run}.json"
