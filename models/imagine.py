@@ -1,4 +1,4 @@
-"""GXN's "imagine" branch : a text-conditioned GAN over small images.
+"""GXN's "imagine" branch: a text-conditioned GAN over small images.
 
 Conditioning augmentation (Zhang et al., StackGAN): the concrete text feature t gives a Gaussian
 N(mu(t), diag(sigma(t)^2)); the condition c is sampled from it (reparameterised), and
@@ -6,10 +6,10 @@ N(mu(t), diag(sigma(t)^2)); the condition c is sampled from it (reparameterised)
     KL(N(mu, sigma^2) || N(0, I)) = 1/2 * sum(mu^2 + sigma^2 - 1 - log sigma^2)   (mean over the batch)
 
 keeps that manifold smooth. The generator maps [c; z] to a 64x64 image. The matching-aware
-discriminator (Reed et al. 2016) scores three pairings: (real image, right text) as real, and both
-(generated image, right text) and (real image, wrong text) as fake, so it checks the match, not
-only the realism. Through the generator, its gradients reach the text feature: that is how
-generation shapes GXN's concrete embedding.
+discriminator (Reed et al. 2016), given an image and a text feature, scores three pairings:
+(real image, right text) as real, and both (generated image, right text) and (real image, wrong
+text) as fake, so it checks the match, not only the realism. Through the generator, its
+gradients reach the text feature: that is how generation shapes GXN's concrete embedding.
 """
 
 from __future__ import annotations
@@ -74,29 +74,34 @@ class Generator(nn.Module):
 
 
 class MatchingDiscriminator(nn.Module):
-    """Image features, joined with the text condition at 4x4, -> one logit: 'real and matching'."""
+    """Image features, joined at 4x4 with the text feature (compressed by the discriminator's own
+    layer, as in StackGAN), -> one logit: 'real and matching'. It reads the text feature itself,
+    not the generator's condition: that condition is pulled towards N(0, I) by the KL term, and a
+    discriminator reading it could not tell texts apart before the generator had learnt to."""
 
-    def __init__(self, condition_dim: int, width: int = 32, image_size: int = 64):
+    def __init__(self, text_dim: int, condition_dim: int, width: int = 32, image_size: int = 64):
         super().__init__()
         steps = (image_size // 4).bit_length() - 1
         channels = [3] + [width * 2 ** min(i, 3) for i in range(steps)]
+        self.compress_text = nn.Sequential(nn.Linear(text_dim, condition_dim), nn.LeakyReLU(0.2))
         self.body = nn.Sequential(*[_down(channels[i], channels[i + 1]) for i in range(steps)])
         self.joint = nn.Sequential(nn.Conv2d(channels[-1] + condition_dim, channels[-1], 1), nn.LeakyReLU(0.2),
                                    nn.Conv2d(channels[-1], 1, 4))
 
-    def forward(self, images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         features = self.body(images)
+        condition = self.compress_text(text)
         tiled = condition[:, :, None, None].expand(-1, -1, *features.shape[-2:])
         return self.joint(torch.cat([features, tiled], dim=1)).flatten()
 
 
 def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor, fake: torch.Tensor,
-                       condition: torch.Tensor) -> dict[str, torch.Tensor]:
+                       text: torch.Tensor) -> dict[str, torch.Tensor]:
     """The three pairings; the wrong text for image i is the batch's next one (a different caption
     for a different image). `fake` is detached: this step trains the discriminator only."""
-    wrong = condition.roll(1, dims=0)
-    real_right = discriminator(real, condition)
-    fake_right = discriminator(fake.detach(), condition)
+    wrong = text.roll(1, dims=0)
+    real_right = discriminator(real, text)
+    fake_right = discriminator(fake.detach(), text)
     real_wrong = discriminator(real, wrong)
     bce = F.binary_cross_entropy_with_logits
     terms = {"real_right": bce(real_right, torch.ones_like(real_right)),
@@ -106,8 +111,8 @@ def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor,
     return terms
 
 
-def generator_loss(discriminator: MatchingDiscriminator, fake: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+def generator_loss(discriminator: MatchingDiscriminator, fake: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Fool the discriminator on (generated image, right text); gradients reach whatever made `fake`
-    (and `condition`, unless the caller detaches it, as GXN does)."""
-    scores = discriminator(fake, condition)
+    (and `text`, unless the caller detaches it, as GXN does)."""
+    scores = discriminator(fake, text)
     return F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))

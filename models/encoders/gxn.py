@@ -36,7 +36,7 @@ from models.caption_decoder import CaptionDecoder
 from models.caption_metrics import CiderD, bleu, cider_d
 from models.data import DecodedSplit
 from models.data.records import ImageRecord
-from models.encoders.base import Encoder, ImageBatch, normalize_pixels
+from models.encoders.base import Encoder, ImageBatch, l2_normalize, normalize_pixels
 from models.encoders.image_towers import RESNETS, build_image_backbone
 from models.encoders.registry import register_family
 from models.encoders.text_towers import RNNTextTower
@@ -132,7 +132,7 @@ class GXN(Encoder):
             self.conditioning = ConditioningAugmentation(level, condition)
             self.generator = Generator(condition, imagine.get("noise_dim", 64), imagine.get("generator_width", 64),
                                        self.imagined_size)
-            self.discriminator = MatchingDiscriminator(condition, imagine.get("discriminator_width", 32),
+            self.discriminator = MatchingDiscriminator(level, condition, imagine.get("discriminator_width", 32),
                                                        self.imagined_size)
         self._cider: CiderD | None = None
         self._references: list[list[str]] = []
@@ -229,9 +229,9 @@ class GXN(Encoder):
         if not self.imagines_texts or not self.generative(epoch):
             return None
         with torch.no_grad():
-            condition, mu, _ = self.conditioning.sample(self.text_low(captions))
-            fake = self.generator(condition)
-        return discriminator_loss(self.discriminator, self._gan_pixels(pixels), fake, mu)
+            text = self.text_low(captions)
+            fake = self.generator(self.conditioning(text)[0])
+        return discriminator_loss(self.discriminator, self._gan_pixels(pixels), fake, l2_normalize(text))
 
     def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
                         image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -251,13 +251,13 @@ class GXN(Encoder):
                 terms.update(scst=scst.detach(), cider_reward=reward)
                 total = total + self.scst_weight * scst
         if self.imagines_texts:
-            condition, mu, kl = self.conditioning.sample(text_low)
-            # The text reaches the generator loss only through the generated image: given to the
-            # discriminator as a condition, `mu` is a constant, or the text encoder could learn to
-            # fool the discriminator by moving its own condition instead of shaping the picture.
-            # The discriminator is frozen here: this step trains the generator, not it.
+            condition, kl = self.conditioning(text_low)
+            # The text reaches the generator loss only through the generated image: as the
+            # discriminator's input it is a constant, or the text encoder could learn to fool the
+            # discriminator by moving the text instead of shaping the picture. The discriminator
+            # is frozen here: this step trains the generator, not it.
             self.discriminator.requires_grad_(False)
-            fooled = generator_loss(self.discriminator, self.generator(condition), mu.detach())
+            fooled = generator_loss(self.discriminator, self.generator(condition), l2_normalize(text_low).detach())
             self.discriminator.requires_grad_(True)
             terms.update(generator=fooled.detach(), kl=kl.detach())
             total = total + self.imagine_weight * (fooled + self.kl_weight * kl)

@@ -47,7 +47,7 @@ def test_discriminator_sees_the_three_pairings_and_gradients_reach_the_text():
     torch.manual_seed(0)
     augment = ConditioningAugmentation(text_dim=6, condition_dim=4)
     generator = Generator(condition_dim=4, noise_dim=8, width=8, image_size=32)
-    discriminator = MatchingDiscriminator(condition_dim=4, width=8, image_size=32)
+    discriminator = MatchingDiscriminator(text_dim=4, condition_dim=4, width=8, image_size=32)
     text = torch.randn(3, 6, requires_grad=True)
     condition, _ = augment(text)
     real = torch.rand(3, 3, 32, 32) * 2 - 1
