@@ -10,7 +10,8 @@ split's own captions (`models.caption_metrics`). The grid shows, for ten caption
 
 On the synthetic scenes, where the truth is known, two more checks:
 - captions: of the "colour shape" pairs the generated captions name, the share that are in the
-  scene (precision), and the share of the scene's objects they name (recall);
+  scene (precision; also for the colour and the shape alone), and the share of the scene's objects
+  they name (recall);
 - imagined images: for scenes with one object, a nearest-palette colour classifier (each pixel to
   the closest scene colour; the object colour with most pixels wins) on the imagined image versus
   the caption's colour; the same classifier on the real images gives its ceiling, chance is 1/10.
@@ -64,13 +65,16 @@ def mentioned_objects(caption: str) -> set[tuple[str, str]]:
 
 def synthetic_caption_check(encoder, split, beam_width: int) -> dict:
     generated = generate_captions(encoder, split.pixels, beam_width)
-    named = correct = objects = found = 0
+    named = correct = objects = found = colour_right = shape_right = 0
     for caption, record in zip(generated, split.records, strict=True):
         truth = {(o["colour"], o["shape"]) for o in record.attributes["objects"]}
         mentions = mentioned_objects(caption)
         named, correct = named + len(mentions), correct + len(mentions & truth)
         objects, found = objects + len(truth), found + len(truth & mentions)
+        colour_right += sum(colour in {c for c, _ in truth} for colour, _ in mentions)
+        shape_right += sum(shape in {s for _, s in truth} for _, shape in mentions)
     return {"object_precision": correct / max(1, named), "object_recall": found / max(1, objects),
+            "colour_precision": colour_right / max(1, named), "shape_precision": shape_right / max(1, named),
             "objects_named": named, "objects_in_scenes": objects}
 
 

@@ -43,7 +43,6 @@ SUITES = {
         ("Dual-Path, no Stage I", "configs/synthetic_dual_path_no_stage1.toml"),
         ("GXN", "configs/synthetic_gxn.toml"),
         ("GXN, no generative terms", "configs/synthetic_gxn_no_generation.toml"),
-        ("GXN, KL weight 1 (condition collapses)", "configs/synthetic_gxn_kl1.toml"),
     ],
 }
 METRIC_COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "rsum")
