@@ -37,6 +37,7 @@ from models import load_encoder  # noqa: E402
 from models.caption_metrics import bleu, cider_d, words  # noqa: E402
 from models.data import decode_split, load_records  # noqa: E402
 from models.data.synthetic import BACKGROUNDS, COLOURS, SHAPES  # noqa: E402
+from models.encoders import CheckpointError  # noqa: E402
 
 
 def generate_captions(encoder, pixels: torch.Tensor, beam_width: int, batch: int = 128) -> list[str]:
@@ -150,10 +151,13 @@ def main() -> None:
     parser.add_argument("--grid", type=Path, help="PNG (default bench/results/gxn_imagined_RUN.png)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    encoder = load_encoder(args.checkpoint)
+    try:
+        encoder = load_encoder(args.checkpoint)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
     if not (encoder.describes_images and encoder.imagines_texts):
         sys.exit(f"{args.checkpoint}: encoder {encoder.name!r} has no caption decoder or no image generator")
-    run = args.checkpoint.parent.name
+    run = args.checkpoint.parent.name + ("" if args.checkpoint.name == "model_best.pt" else f"_{args.checkpoint.stem}")
     split = decode_split(load_records(args.data), args.split, encoder.image_size, progress=False)
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split),
               "captions": caption_quality(encoder, split, args.beam)}

@@ -34,6 +34,7 @@ SUITES = {
         ("Dual-Path, sum of hinges", "configs/flickr8k_dual_path_sum_hinge.toml"),
         ("GXN", "configs/flickr8k_gxn.toml"),
         ("GXN, no generative terms", "configs/flickr8k_gxn_no_generation.toml"),
+        ("GXN, sum of hinges", "configs/flickr8k_gxn_sum_hinge.toml"),
     ],
     "synthetic": [
         ("VSE, GRU", "configs/synthetic_vse.toml"),
