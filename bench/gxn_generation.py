@@ -58,6 +58,24 @@ def caption_quality(encoder, split, beam_width: int) -> dict:
     return out
 
 
+def serving_latency(encoder, split, count: int = 50) -> dict:
+    """What the app pays per query: one image described, one text imagined (median ms, one at a
+    time, as the search service calls them)."""
+    def median_ms(call, items) -> float:
+        times = []
+        for item in items:
+            started = time.perf_counter()
+            call(item)
+            times.append(1000 * (time.perf_counter() - started))
+        return float(np.median(times))
+
+    images = [split.pixels[i:i + 1] for i in range(min(count, len(split)))]
+    texts = [[r.captions[0]] for r in split.records[:count]]
+    return {"describe_greedy_ms": median_ms(lambda x: encoder.describe(x, beam_width=1), images),
+            f"describe_beam{encoder.beam_width}_ms": median_ms(encoder.describe, images),
+            "imagine_ms": median_ms(encoder.imagine, texts)}
+
+
 def mentioned_objects(caption: str) -> set[tuple[str, str]]:
     """("colour", "shape") pairs a caption names: a colour word directly before a shape word."""
     tokens = [w.rstrip("s") if w.rstrip("s") in SHAPES else w for w in words(caption)]
@@ -162,6 +180,7 @@ def main() -> None:
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split),
               "captions": caption_quality(encoder, split, args.beam)}
     result["condition"] = condition_spread(encoder, split)
+    result["serving_ms"] = serving_latency(encoder, split)
     if split.records[0].attributes.get("objects"):
         result["synthetic_captions"] = synthetic_caption_check(encoder, split, args.beam)
         result["synthetic_imagined"] = synthetic_imagine_check(encoder, split)
@@ -171,7 +190,7 @@ def main() -> None:
     print(f"{'decoding':<10}{'BLEU-4':>8}{'CIDEr-D':>9}{'ms/img':>8}")
     for label, q in result["captions"].items():
         print(f"{label:<10}{q['bleu4']:>8.3f}{q['cider_d']:>9.3f}{q['ms_per_image']:>8.1f}")
-    for key in ("condition", "synthetic_captions", "synthetic_imagined"):
+    for key in ("serving_ms", "condition", "synthetic_captions", "synthetic_imagined"):
         if key in result:
             print(key, {k: round(v, 3) if isinstance(v, float) else v for k, v in result[key].items()})
     out = args.out or ROOT / "bench" / "results" / f"gxn_generation_{run}.json"

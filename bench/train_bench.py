@@ -35,6 +35,7 @@ SUITES = {
         ("GXN", "configs/flickr8k_gxn.toml"),
         ("GXN, no generative terms", "configs/flickr8k_gxn_no_generation.toml"),
         ("GXN, sum of hinges", "configs/flickr8k_gxn_sum_hinge.toml"),
+        ("GXN, sum of hinges, no generative terms", "configs/flickr8k_gxn_sum_hinge_no_generation.toml"),
     ],
     "synthetic": [
         ("VSE, GRU", "configs/synthetic_vse.toml"),
