@@ -96,9 +96,7 @@ class DualPath(Encoder):
     def _enter_stage(self, stage: int) -> None:
         frozen = self.backbone_always_frozen or (stage == 1 and self.stage1_frozen)
         if self.image_tower.frozen != frozen:
-            self.image_tower.frozen = frozen
-            self.image_tower.backbone.requires_grad_(not frozen)
-            self.image_tower.train(self.training)  # a frozen backbone keeps its batch-norm statistics
+            self.image_tower.set_frozen(frozen)
 
     def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
                         image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

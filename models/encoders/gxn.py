@@ -36,8 +36,8 @@ from models.caption_decoder import CaptionDecoder
 from models.caption_metrics import CiderD, bleu, cider_d
 from models.data import DecodedSplit
 from models.data.records import ImageRecord
-from models.encoders.base import Encoder, ImageBatch, l2_normalize, normalize_pixels
-from models.encoders.image_towers import RESNETS, build_image_backbone
+from models.encoders.base import Encoder, ImageBatch, l2_normalize
+from models.encoders.image_towers import RESNETS, BackboneTower
 from models.encoders.registry import register_family
 from models.encoders.text_towers import RNNTextTower
 from models.imagine import (
@@ -52,38 +52,26 @@ from models.two_level import join_levels, joint_similarity
 from models.vocab import Vocabulary
 
 
-class TwoLevelImageTower(nn.Module):
+class TwoLevelImageTower(BackboneTower):
     """A ResNet -> abstract and concrete image features, plus its feature map as attention regions."""
 
     def __init__(self, cfg: dict[str, Any], level_dim: int, regions_from: str = "layer4"):
-        super().__init__()
         name = cfg.get("backbone", "resnet18")
         if name not in RESNETS:
             raise ValueError(f"gxn: image backbone {name!r} unsupported; GXN needs a ResNet "
                              f"({', '.join(RESNETS)}), whose feature map gives the caption decoder its regions")
         if regions_from not in ("layer3", "layer4"):
             raise ValueError(f"gxn: caption.regions_from must be 'layer3' or 'layer4', got {regions_from!r}")
-        backbone = build_image_backbone(cfg)
-        self.backbone = backbone.module.to(memory_format=torch.channels_last)
+        super().__init__(cfg)
         self.regions_from = regions_from
-        self.region_dim = backbone.feature_dim // (2 if regions_from == "layer3" else 1)
-        self.project_high = nn.Linear(backbone.feature_dim, level_dim)
-        self.project_low = nn.Linear(backbone.feature_dim, level_dim)
-        self.register_buffer("mean", torch.tensor(backbone.mean), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std), persistent=False)
-        self.frozen = bool(cfg.get("freeze", False))
-        self.backbone.requires_grad_(not self.frozen)
-
-    def train(self, mode: bool = True) -> TwoLevelImageTower:
-        super().train(mode)
-        if self.frozen:
-            self.backbone.eval()
-        return self
+        self.region_dim = self.feature_dim // (2 if regions_from == "layer3" else 1)
+        self.project_high = nn.Linear(self.feature_dim, level_dim)
+        self.project_low = nn.Linear(self.feature_dim, level_dim)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(abstract feature, concrete feature, regions (N, R, C))."""
         net = self.backbone
-        x = normalize_pixels(pixels, self.mean, self.std)
+        x = self.normalize(pixels)
         x = net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))))
         regions = x
         x = net.layer4(x)

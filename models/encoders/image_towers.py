@@ -17,6 +17,8 @@ import torch
 import torchvision
 from torch import nn
 
+from models.encoders.base import normalize_pixels
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
@@ -116,3 +118,33 @@ def register_openclip_config(model_name: str, model_cfg: dict) -> None:
     folder = Path(tempfile.mkdtemp(prefix="imgsearch-openclip-"))
     (folder / f"{model_name}.json").write_text(json.dumps(model_cfg))
     open_clip.add_model_config(folder)
+
+
+class BackboneTower(nn.Module):
+    """The image side's common part: a registry backbone, the pixel mean/std it expects, and
+    freezing (a frozen backbone gets no gradient and stays in eval mode, keeping its batch-norm
+    statistics). Families add their projections on top."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        super().__init__()
+        backbone = build_image_backbone(cfg)
+        self.backbone = backbone.module.to(memory_format=torch.channels_last)
+        self.feature_dim = backbone.feature_dim
+        self.register_buffer("mean", torch.tensor(backbone.mean), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std), persistent=False)
+        self.frozen = False
+        self.set_frozen(bool(cfg.get("freeze", False)))
+
+    def set_frozen(self, frozen: bool) -> None:
+        self.frozen = frozen
+        self.backbone.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> BackboneTower:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        return normalize_pixels(pixels, self.mean, self.std)

@@ -12,35 +12,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.encoders.base import Encoder, l2_normalize, normalize_pixels
-from models.encoders.image_towers import build_image_backbone
+from models.encoders.base import Encoder, l2_normalize
+from models.encoders.image_towers import BackboneTower
 from models.encoders.registry import register_family
 from models.encoders.text_towers import SentenceTransformerTower, build_text_tower
 from models.losses import build_ranking_loss, ranking_loss
 from models.vocab import Vocabulary
 
 
-class ImageTower(nn.Module):
-    """Backbone features -> linear projection; a frozen backbone stays in eval mode."""
+class ImageTower(BackboneTower):
+    """Backbone features -> linear projection."""
 
     def __init__(self, cfg: dict[str, Any], embed_dim: int):
-        super().__init__()
-        backbone = build_image_backbone(cfg)
-        self.backbone = backbone.module.to(memory_format=torch.channels_last)
-        self.project = nn.Linear(backbone.feature_dim, embed_dim)
-        self.register_buffer("mean", torch.tensor(backbone.mean), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std), persistent=False)
-        self.frozen = bool(cfg.get("freeze", False))
-        self.backbone.requires_grad_(not self.frozen)
-
-    def train(self, mode: bool = True) -> ImageTower:
-        super().train(mode)
-        if self.frozen:
-            self.backbone.eval()
-        return self
+        super().__init__(cfg)
+        self.project = nn.Linear(self.feature_dim, embed_dim)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.project(self.backbone(normalize_pixels(pixels, self.mean, self.std)))
+        return self.project(self.backbone(self.normalize(pixels)))
 
 
 @register_family("vse")
