@@ -34,28 +34,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import load_encoder  # noqa: E402
-from models.caption_metrics import bleu, cider_d, words  # noqa: E402
+from models.caption_metrics import words  # noqa: E402
 from models.data import decode_split, load_records  # noqa: E402
 from models.data.synthetic import BACKGROUNDS, COLOURS, SHAPES  # noqa: E402
 from models.encoders import CheckpointError  # noqa: E402
+from models.encoders.gxn import caption_scores  # noqa: E402
 
 
-def generate_captions(encoder, pixels: torch.Tensor, beam_width: int, batch: int = 128) -> list[str]:
-    return [c for start in range(0, len(pixels), batch)
-            for c in encoder.describe(pixels[start:start + batch], beam_width=beam_width)]
-
-
-def caption_quality(encoder, split, beam_width: int) -> dict:
-    references = [r.captions for r in split.records]
-    out = {}
+def caption_quality(encoder, split, beam_width: int) -> tuple[dict, list[str]]:
+    """The scores per decoding, and the beam captions (the synthetic check reads them too)."""
+    out, generated = {}, []
     for label, width in (("greedy", 1), (f"beam {beam_width}", beam_width)):
         started = time.perf_counter()
-        generated = generate_captions(encoder, split.pixels, width)
-        out[label] = {"bleu4": bleu(generated, references), "cider_d": cider_d(generated, references),
+        generated = encoder.describe_in_batches(split.pixels, width, batch_size=128)
+        out[label] = {**caption_scores(generated, split),
                       "ms_per_image": 1000 * (time.perf_counter() - started) / len(generated),
-                      "examples": [{"generated": g, "reference": r[0]} for g, r in zip(generated[:5], references,
-                                                                                         strict=False)]}
-    return out
+                      "examples": [{"generated": g, "reference": r.captions[0]}
+                                   for g, r in zip(generated[:5], split.records, strict=False)]}
+    return out, generated
 
 
 def serving_latency(encoder, split, count: int = 50) -> dict:
@@ -82,8 +78,7 @@ def mentioned_objects(caption: str) -> set[tuple[str, str]]:
     return {(a, b) for a, b in zip(tokens, tokens[1:], strict=False) if a in COLOURS and b in SHAPES}
 
 
-def synthetic_caption_check(encoder, split, beam_width: int) -> dict:
-    generated = generate_captions(encoder, split.pixels, beam_width)
+def synthetic_caption_check(generated: list[str], split) -> dict:
     named = correct = objects = found = colour_right = shape_right = 0
     for caption, record in zip(generated, split.records, strict=True):
         truth = {(o["colour"], o["shape"]) for o in record.attributes["objects"]}
@@ -97,7 +92,6 @@ def synthetic_caption_check(encoder, split, beam_width: int) -> dict:
             "objects_named": named, "objects_in_scenes": objects}
 
 
-PALETTE_NAMES = [*COLOURS, *(f"background:{b}" for b in BACKGROUNDS)]
 PALETTE = np.array([*COLOURS.values(), *BACKGROUNDS.values()], dtype=np.float32)
 
 
@@ -177,12 +171,12 @@ def main() -> None:
         sys.exit(f"{args.checkpoint}: encoder {encoder.name!r} has no caption decoder or no image generator")
     run = args.checkpoint.parent.name + ("" if args.checkpoint.name == "model_best.pt" else f"_{args.checkpoint.stem}")
     split = decode_split(load_records(args.data), args.split, encoder.image_size, progress=False)
-    result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split),
-              "captions": caption_quality(encoder, split, args.beam)}
+    result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split)}
+    result["captions"], beam_captions = caption_quality(encoder, split, args.beam)
     result["condition"] = condition_spread(encoder, split)
     result["serving_ms"] = serving_latency(encoder, split)
     if split.records[0].attributes.get("objects"):
-        result["synthetic_captions"] = synthetic_caption_check(encoder, split, args.beam)
+        result["synthetic_captions"] = synthetic_caption_check(beam_captions, split)
         result["synthetic_imagined"] = synthetic_imagine_check(encoder, split)
     grid = args.grid or ROOT / "bench" / "results" / f"gxn_imagined_{run}.png"
     result["grid"], result["grid_captions"] = str(grid), imagined_grid(encoder, split, grid)

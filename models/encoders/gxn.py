@@ -52,6 +52,12 @@ from models.two_level import join_levels, joint_similarity
 from models.vocab import Vocabulary
 
 
+def caption_scores(generated: Sequence[str], split: DecodedSplit) -> dict[str, float]:
+    """Corpus BLEU-4 and CIDEr-D of one generated caption per image of `split`, against its captions."""
+    references = [r.captions for r in split.records]
+    return {"bleu4": bleu(generated, references), "cider_d": cider_d(generated, references)}
+
+
 class TwoLevelImageTower(BackboneTower):
     """A ResNet -> abstract and concrete image features, plus its feature map as attention regions."""
 
@@ -156,19 +162,22 @@ class GXN(Encoder):
         images = self.generator(mu, noise.to(mu.device).expand(len(mu), -1))
         return ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
 
+    def describe_in_batches(self, pixels: torch.Tensor, beam_width: int | None = None,
+                            batch_size: int = 256) -> list[str]:
+        """`describe` over many uint8 images (e.g. a decoded split), in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return [c for start in range(0, len(pixels), batch_size)
+                    for c in self.describe(pixels[start:start + batch_size], beam_width)]
+        finally:
+            self.train(was_training)
+
     def generation_metrics(self, split: DecodedSplit, beam_width: int = 1) -> dict[str, float]:
         """Corpus BLEU-4 and CIDEr-D of the generated captions against the split's own captions."""
         if not self.describes_images:
             return {}
-        was_training = self.training
-        self.eval()
-        try:
-            generated = [c for start in range(0, len(split), 256)
-                         for c in self.describe(split.pixels[start:start + 256], beam_width)]
-        finally:
-            self.train(was_training)
-        references = [r.captions for r in split.records]
-        return {"bleu4": bleu(generated, references), "cider_d": cider_d(generated, references)}
+        return caption_scores(self.describe_in_batches(split.pixels, beam_width), split)
 
     # --- the encoder interface ----------------------------------------------------------------
     def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
