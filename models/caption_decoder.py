@@ -68,11 +68,7 @@ class CaptionDecoder(nn.Module):
             log_probs, hidden = self._step(words, hidden, regions, projected)
             log_probs[:, [self.pad, self.start]] = float("-inf")  # never emit padding or a second <start>
             words = log_probs.argmax(dim=-1)
-            done = finished.tolist()
-            for row, word in enumerate(words.tolist()):
-                if not done[row] and word != self.end:
-                    out[row].append(word)
-            finished |= words == self.end
+            finished = self._extend(out, words, finished)
             if finished.all():
                 break
         return out
@@ -94,14 +90,18 @@ class CaptionDecoder(nn.Module):
             log_probs = log_probs.masked_fill(banned, float("-inf")).log_softmax(dim=-1)
             words = torch.multinomial(log_probs.detach().exp(), 1).squeeze(1)
             total = total + log_probs.gather(1, words[:, None]).squeeze(1) * (~finished)
-            done = finished.tolist()  # one device sync per step, not one per row
-            for row, word in enumerate(words.tolist()):
-                if not done[row] and word != self.end:
-                    out[row].append(word)
-            finished = finished | (words == self.end)
+            finished = self._extend(out, words, finished)
             if finished.all():
                 break
         return out, total
+
+    def _extend(self, out: list[list[int]], words: torch.Tensor, finished: torch.Tensor) -> torch.Tensor:
+        """Append this step's word to each caption still running (not <end>); the new finished mask."""
+        done = finished.tolist()  # one device sync per step, not one per row
+        for row, word in enumerate(words.tolist()):
+            if not done[row] and word != self.end:
+                out[row].append(word)
+        return finished | (words == self.end)
 
     @torch.no_grad()
     def beam(self, features: torch.Tensor, regions: torch.Tensor, width: int = 3) -> list[list[int]]:

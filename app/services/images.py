@@ -32,6 +32,14 @@ def decode_upload(data: bytes, max_bytes: int) -> Image.Image:
         raise BadQuery(f"the uploaded image is {reason}") from error
 
 
+def open_gallery_image(image_id: int, file_path: str) -> Image.Image:
+    """A catalogued image's file, or NotFound when it can no longer be read (moved, deleted, broken)."""
+    try:
+        return open_image(file_path)
+    except BadImageError as error:
+        raise NotFound(f"image {image_id} can no longer be read ({error})") from error
+
+
 class ThumbnailCache:
     """JPEG thumbnails on disk, named by image id and content hash (a changed file gets a new one)."""
 
@@ -42,10 +50,7 @@ class ThumbnailCache:
         target = self.folder / f"{int(image_id)}-{content_hash[:16]}.jpg"
         if target.is_file():
             return target
-        try:
-            image = open_image(source)
-        except BadImageError as error:
-            raise NotFound(f"image {image_id} can no longer be read ({error})") from error
+        image = open_gallery_image(image_id, source)
         image.thumbnail((self.side, self.side))
         self.folder.mkdir(parents=True, exist_ok=True)
         # A private temporary name per request: concurrent first requests never share a half-written file.

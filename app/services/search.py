@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.schemas import CaptionHit, ImageHit, ImageRef, SearchResponse
 from app.services import catalogue_queries as queries
 from app.services.errors import BadQuery, NotFound, UnknownWords
+from app.services.images import open_gallery_image
 from app.services.served import Served, ServedIndexes
 from app.services.timing import StageClock
-from models.data.images import BadImageError, open_image
 
 # Called with (mode, {stage: milliseconds}) after each query; the app feeds its Prometheus histograms.
 TimingsObserver = Callable[[str, dict[str, float]], None]
@@ -175,10 +175,7 @@ class SearchService:
             info = queries.image_by_id(session=session, image_id=query.image_id)
         if info is None:
             raise NotFound(f"no image with id {query.image_id}")
-        try:
-            return open_image(info.file_path)
-        except BadImageError as error:
-            raise NotFound(f"image {query.image_id} can no longer be read ({error})") from error
+        return open_gallery_image(info.id, info.file_path)
 
     def arithmetic(self, query: QueryImage, minus: list[str], plus: list[str], k: int, offset: int = 0,
                    min_score: float | None = None, minus_weight: float = 1.0, plus_weight: float = 1.0,

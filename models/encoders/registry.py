@@ -69,8 +69,6 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict
 def needs_vocabulary(config: dict[str, Any]) -> bool:
     """Whether the text tower is word-level, so training must build a vocabulary first."""
     word_level = ("gru", "lstm", "textcnn")
-    if config.get("family") == "gxn":
-        return True  # two GRU sentence encoders and a caption decoder
     return config.get("family") != "openclip" and config.get("text", {}).get("kind", "gru") in word_level
 
 
