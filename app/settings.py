@@ -18,6 +18,8 @@ class Settings(BaseSettings):
     index_dir: Path = Field(Path("data/indexes"), description="where versioned index directories live")
     default_index: str = Field("default", description="index (and so encoder) served when a query names none")
     device: str = Field("cpu", description="torch device for encoders: cpu, cuda, cuda:1 ...")
+    backbone_runtime: str = Field("openvino", description="how image backbones run on the CPU: openvino (compiled, "
+                                                          "equal to eager within 1e-4), openvino-bf16 or torch")
     admin_token: str | None = Field(None, description="bearer token for admin endpoints; unset disables them")
     max_upload_bytes: int = Field(10 * 2**20, description="largest accepted image upload")
     max_query_chars: int = Field(500, description="longest accepted text query")

@@ -1,6 +1,7 @@
 """Train and evaluate encoders on a dataset; print one Recall@K table and write it as JSON.
 
     python bench/train_bench.py --suite flickr8k            # VSE0 / VSE++ (GRU, MiniLM), Dual-Path, GXN + ablations
+    python bench/train_bench.py --suite flickr8k_pretrained # every family on the frozen ImageNet EfficientNet-Lite0
     python bench/train_bench.py --suite synthetic           # VSE / VSE++ / Dual-Path / GXN on the synthetic scenes
     python bench/train_bench.py --suite flickr8k --reuse    # re-read finished runs, train nothing
 
@@ -36,6 +37,18 @@ SUITES = {
         ("GXN, no generative terms", "configs/flickr8k_gxn_no_generation.toml"),
         ("GXN, sum of hinges", "configs/flickr8k_gxn_sum_hinge.toml"),
         ("GXN, sum of hinges, no generative terms", "configs/flickr8k_gxn_sum_hinge_no_generation.toml"),
+    ],
+    # The ImageNet EfficientNet-Lite0 tower, frozen, its features cached (6 views per training image).
+    "flickr8k_pretrained": [
+        ("VSE0, MiniLM", "configs/flickr8k_vse_lite0_minilm.toml"),
+        ("VSE++, MiniLM", "configs/flickr8k_vsepp_lite0_minilm.toml"),
+        ("VSE, InfoNCE, MiniLM", "configs/flickr8k_vse_infonce_lite0_minilm.toml"),
+        ("VSE0, GRU", "configs/flickr8k_vse_lite0_gru.toml"),
+        ("VSE++, GRU", "configs/flickr8k_vsepp_lite0_gru.toml"),
+        ("Dual-Path, TextCNN", "configs/flickr8k_dual_path_lite0.toml"),
+        ("Dual-Path, no instance loss", "configs/flickr8k_dual_path_lite0_no_instance.toml"),
+        ("GXN, GRU", "configs/flickr8k_gxn_lite0.toml"),
+        ("GXN, no generative terms", "configs/flickr8k_gxn_lite0_no_generation.toml"),
     ],
     "synthetic": [
         ("VSE, GRU", "configs/synthetic_vse.toml"),
@@ -120,7 +133,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/train_SUITE.json)")
     parser.add_argument("extra", nargs="*", help="options passed to every `imgsearch train` (after --)")
     args = parser.parse_args()
-    data = args.data or (SHARED_FLICKR8K if args.suite == "flickr8k" else synthetic_dataset(args.scenes))
+    data = args.data or (SHARED_FLICKR8K if args.suite.startswith("flickr8k") else synthetic_dataset(args.scenes))
     if not Path(data).exists():
         sys.exit(f"dataset {data} not found (the Flickr8k suite needs ../shared/data/flickr8k)")
     out = args.out or ROOT / "bench" / "results" / f"train_{args.suite}.json"

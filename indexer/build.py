@@ -28,6 +28,7 @@ from indexer.pipeline import encode_image_files, encode_texts
 from indexer.status import latest_build_source
 from models.data import DatasetError, SkipReport, load_records
 from models.encoders import Encoder, create_encoder, get_encoder_config, load_encoder
+from models.encoders.registry import list_shipped_encoders, shipped_encoder_path
 
 
 @dataclass
@@ -38,6 +39,7 @@ class BuildOptions:
     batch_size: int = 64
     workers: int = 2
     device: str = "cpu"
+    backbone_runtime: str = "openvino"  # how the image backbone runs on the CPU (backbone_runtime.RUNTIMES)
     progress: bool = True
     keep_versions: int = 2
 
@@ -72,16 +74,19 @@ class BuildReport:
         return "\n".join(lines)
 
 
-def resolve_encoder(spec: str, device: str = "cpu") -> tuple[Encoder, str, str]:
-    """A checkpoint path, or the registry name of a pretrained encoder -> (encoder, where, hash)."""
-    path = Path(spec)
+def resolve_encoder(spec: str, device: str = "cpu", runtime: str = "openvino") -> tuple[Encoder, str, str]:
+    """A checkpoint path, the name of a shipped trained encoder ("photos") or of a pretrained
+    registry config -> (encoder, where, hash). An image backbone runs on `runtime` for inference."""
+    path = shipped_encoder_path(spec) or Path(spec)
     if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
         encoder = load_encoder(path, device)
+        encoder.use_backbone_runtime(runtime)
         return encoder, str(path.resolve()), file_sha256(path)
     config = get_encoder_config(spec)
     if not (config.get("family") == "openclip" and config.get("pretrained")):
         raise ValueError(f"encoder {spec!r} is an untrained architecture: train it (imgsearch train) and pass "
-                         "the checkpoint file, or name a pretrained open_clip config")
+                         "the checkpoint file, name a shipped trained encoder "
+                         f"({', '.join(list_shipped_encoders()) or 'none installed'}) or a pretrained open_clip config")
     encoder = create_encoder(spec).to(device).eval()
     return encoder, spec, hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
@@ -110,7 +115,7 @@ def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
         raise DatasetError(f"{gallery}: gallery path not found")
     records = load_records(gallery_path)
     gallery_key = str(gallery_path.resolve())
-    encoder, encoder_path, checkpoint_hash = resolve_encoder(encoder_spec, options.device)
+    encoder, encoder_path, checkpoint_hash = resolve_encoder(encoder_spec, options.device, options.backbone_runtime)
     with build_lock(index_dir, name):
         reconcile(index_dir, name, sessions)
         previous = store.current_version(index_dir, name)
@@ -275,7 +280,7 @@ def publish_vectors(*, name: str, index_dir: Path, sessions: sessionmaker[Sessio
     imported from another tool) and return its number. `arrays` holds image_ids/image_vectors and
     caption_ids/caption_image_ids/caption_vectors; the catalogue rows those ids name must exist."""
     options = options or BuildOptions()
-    encoder, encoder_path, checkpoint_hash = resolve_encoder(encoder_spec, options.device)
+    encoder, encoder_path, checkpoint_hash = resolve_encoder(encoder_spec, options.device, options.backbone_runtime)
     for modality in ("image", "caption"):
         vectors = arrays[f"{modality}_vectors"]
         if vectors.ndim != 2 or vectors.shape[1:] != (encoder.embed_dim,):

@@ -23,8 +23,9 @@ class Served:
 
 
 class ServedIndexes:
-    def __init__(self, index_dir: Path, default: str, device: str = "cpu"):
+    def __init__(self, index_dir: Path, default: str, device: str = "cpu", backbone_runtime: str = "openvino"):
         self.index_dir, self.default, self.device = Path(index_dir), default, device
+        self.backbone_runtime = backbone_runtime
         self._live: dict[str, LiveIndex] = {}
         self._encoders: dict[str, Encoder] = {}  # by checkpoint hash
         self._lock = threading.RLock()
@@ -82,7 +83,8 @@ class ServedIndexes:
             with self._lock:
                 encoder = self._encoders.get(checkpoint_hash)
                 if encoder is None:
-                    encoder, _, found_hash = resolve_encoder(version.manifest["encoder_path"], self.device)
+                    encoder, _, found_hash = resolve_encoder(version.manifest["encoder_path"], self.device,
+                                                                    self.backbone_runtime)
                     if found_hash != checkpoint_hash:  # queries must be encoded by the model that built the index
                         raise Unavailable(f"the encoder checkpoint {version.manifest['encoder_path']} changed after "
                                           f"index {version.manifest['name']!r} was built: reindex it with --full")

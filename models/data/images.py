@@ -141,7 +141,7 @@ def cached_decode(paths: Sequence[Path], size: int, cache_dir: Path | None, work
     """`decode_images`, memoised on disk by (paths, sizes, modification times, size)."""
     if cache_dir is None:
         return decode_images(paths, size, workers, progress)
-    cache_file = Path(cache_dir) / f"decoded-{_fingerprint(paths, size)}.pt"
+    cache_file = Path(cache_dir) / f"decoded-{files_fingerprint(paths, size)}.pt"
     if cache_file.is_file():
         cached = torch.load(cache_file, weights_only=True)
         report = SkipReport([tuple(item) for item in cached["skipped"]])
@@ -151,7 +151,8 @@ def cached_decode(paths: Sequence[Path], size: int, cache_dir: Path | None, work
     return pixels, kept, report
 
 
-def _fingerprint(paths: Sequence[Path], size: int) -> str:
+def files_fingerprint(paths: Sequence[Path], size: int) -> str:
+    """A short digest of the files (paths, sizes, modification times) and the decode size: a cache key."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{size}".encode())
     for path in paths:
         stat = Path(path).stat() if Path(path).exists() else None

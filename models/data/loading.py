@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from models.data.features import BackboneFeatures
 from models.data.folder import load_image_folder
 from models.data.images import SkipReport, cached_decode
 from models.data.karpathy import find_karpathy_json, load_karpathy
@@ -30,10 +31,11 @@ def load_records(source: str | Path, captions_file: str | Path | None = None) ->
 
 @dataclass
 class DecodedSplit:
-    """One split with every usable image decoded once: pixels[i] belongs to pairs.records[i]."""
+    """One split with every usable image decoded once: pixels[i] belongs to pairs.records[i].
+    For a frozen image backbone, `pixels` may hold its precomputed features instead."""
 
     pairs: CaptionPairs
-    pixels: torch.Tensor  # uint8, N x 3 x S x S
+    pixels: torch.Tensor | BackboneFeatures  # uint8, N x 3 x S x S
     report: SkipReport
 
     @property

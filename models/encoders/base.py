@@ -13,11 +13,14 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from models.data.features import BackboneFeatures
 from models.data.images import image_to_uint8
 from models.io import atomic_torch_save
 
 CHECKPOINT_FORMAT = "imgsearch-encoder/1"
-ImageBatch = torch.Tensor | Sequence[Image.Image]
+
+
+ImageBatch = torch.Tensor | Sequence[Image.Image] | BackboneFeatures
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
@@ -143,13 +146,39 @@ class Encoder(nn.Module):
         """JSON-able extras a family needs to rebuild itself (e.g. tokenizer files)."""
         return {}
 
+    # --- the image backbone ---------------------------------------------------------------------
+    def frozen_backbone(self) -> Any:
+        """The image tower (a `BackboneTower`) when its backbone is frozen, so training may compute
+        its features once and train only what lies above; None when the backbone trains."""
+        from models.encoders.image_towers import BackboneTower
+
+        tower = getattr(self, "image_tower", None)
+        return tower if isinstance(tower, BackboneTower) and tower.frozen else None
+
+    @property
+    def thumbnail_size(self) -> int | None:
+        """The pixel size a family needs beside cached backbone features (GXN's discriminator
+        looks at real pictures), or None."""
+        return None
+
+    def use_backbone_runtime(self, runtime: str) -> None:
+        """Run the image backbone with a compiled engine for inference (`backbone_runtime`)."""
+        from models.encoders.image_towers import BackboneTower
+
+        tower = getattr(self, "image_tower", None)
+        if isinstance(tower, BackboneTower):
+            tower.use_runtime(runtime, self.image_size)
+
     # --- shared plumbing ----------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
-    def prepare_images(self, images: ImageBatch) -> torch.Tensor:
-        """PIL images or a uint8/float tensor -> uint8 (N, 3, S, S) on this encoder's device."""
+    def prepare_images(self, images: ImageBatch) -> torch.Tensor | BackboneFeatures:
+        """PIL images or a uint8/float tensor -> uint8 (N, 3, S, S) on this encoder's device
+        (precomputed `BackboneFeatures` pass through: the image tower reads them)."""
+        if isinstance(images, BackboneFeatures):
+            return images
         if not isinstance(images, torch.Tensor):
             arrays = [image_to_uint8(image.convert("RGB"), self.image_size) for image in images]
             images = torch.from_numpy(np.stack(arrays)) if arrays else torch.empty(0, 3, self.image_size,
@@ -163,14 +192,34 @@ class Encoder(nn.Module):
                                    antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
         return images.to(self.device)
 
-    def checkpoint_payload(self) -> dict[str, Any]:
+    def checkpoint_payload(self, slim: bool = False) -> dict[str, Any]:
+        """Everything to rebuild this encoder. `slim` leaves out the frozen towers whose weights
+        come from an installed package (`package_weights`): the loader takes them from there."""
+        state, extra, external = self.state_dict(), self.extra_state_for_checkpoint(), []
+        if slim:
+            external = self.package_weights()
+            state = {k: v for k, v in state.items() if not any(k.startswith(f"{p}.") for p in external)}
+            extra = {k: v for k, v in extra.items() if k != "text_files"}
         return {"format": CHECKPOINT_FORMAT, "family": self.family, "name": self.name,
-                "config": self.config, "vocab": self.vocabulary_words(),
-                "extra": self.extra_state_for_checkpoint(), "state_dict": self.state_dict()}
+                "config": self.config, "vocab": self.vocabulary_words(), "extra": extra, "state_dict": state,
+                "package_weights": external}
 
-    def save(self, path: str | Path) -> Path:
-        """Write weights, config and vocabulary into one file (atomically)."""
-        return atomic_torch_save(self.checkpoint_payload(), path)
+    def save(self, path: str | Path, slim: bool = False) -> Path:
+        """Write weights, config and vocabulary into one file (atomically); see `checkpoint_payload`."""
+        return atomic_torch_save(self.checkpoint_payload(slim), path)
+
+    def package_weights(self) -> list[str]:
+        """Submodules (state-dict prefixes) that are frozen and loaded from a pip package, so a slim
+        checkpoint need not carry them: the image backbone and a sentence-transformer text model."""
+        image, text = self.config.get("image", {}), self.config.get("text", {})
+        prefixes = []
+        if image.get("freeze") and str(image.get("pretrained") or "").startswith("package:"):
+            prefixes.append("image_tower.backbone")
+        if (text.get("kind") == "sentence_transformer" and text.get("freeze", True)
+                and str(text.get("path") or "").startswith("package:")):
+            prefixes.append("text_tower.transformer")
+        own = self.state_dict()
+        return [p for p in prefixes if any(k.startswith(f"{p}.") for k in own)]
 
     @staticmethod
     def load(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
@@ -180,15 +229,16 @@ class Encoder(nn.Module):
         return load_encoder(path, device)
 
 
-def encode_in_batches(encode: Callable[[Any], torch.Tensor], items: Sequence | torch.Tensor, dim: int,
-                      batch_size: int = 256, desc: str = "encode", progress: bool = False) -> torch.Tensor:
+def encode_in_batches(encode: Callable[[Any], torch.Tensor], items: Sequence | torch.Tensor | BackboneFeatures,
+                      dim: int, batch_size: int = 256, desc: str = "encode", progress: bool = False) -> torch.Tensor:
     """`encode` (an encoder's encode_image or encode_text) over `items` in batches, on the CPU;
     (0, dim) for no items."""
     parts = [torch.zeros(0, dim)]
     batches = range(0, len(items), batch_size)
     for start in tqdm(batches, desc=desc, unit="batch", disable=not progress or not len(items)):
         batch = items[start:start + batch_size]
-        parts.append(encode(batch if isinstance(batch, torch.Tensor) else list(batch)).float().cpu())
+        batch = batch if isinstance(batch, (torch.Tensor, BackboneFeatures)) else list(batch)
+        parts.append(encode(batch).float().cpu())
     return torch.cat(parts)
 
 

@@ -93,6 +93,10 @@ class DualPath(Encoder):
         trained = "image backbone frozen" if self.backbone_always_frozen else "all trained"
         return {"stage": f"II: {' + '.join(terms)} loss, {trained}"}
 
+    def frozen_backbone(self) -> Any:
+        """Features may be cached only when the backbone stays frozen in both stages."""
+        return super().frozen_backbone() if self.backbone_always_frozen else None
+
     def _enter_stage(self, stage: int) -> None:
         frozen = self.backbone_always_frozen or (stage == 1 and self.stage1_frozen)
         if self.image_tower.frozen != frozen:

@@ -34,9 +34,10 @@ from torch import nn
 
 from models.caption_decoder import CaptionDecoder
 from models.caption_metrics import CiderD, bleu, cider_d
-from models.data import DecodedSplit
+from models.data import BackboneFeatures, DecodedSplit
 from models.data.records import ImageRecord
 from models.encoders.base import Encoder, ImageBatch, l2_normalize
+from models.encoders.efficientnet_lite import EFFICIENTNET_LITES
 from models.encoders.image_towers import RESNETS, BackboneTower
 from models.encoders.registry import register_family
 from models.encoders.text_towers import RNNTextTower
@@ -59,32 +60,47 @@ def caption_scores(generated: Sequence[str], split: DecodedSplit) -> dict[str, f
 
 
 class TwoLevelImageTower(BackboneTower):
-    """A ResNet -> abstract and concrete image features, plus its feature map as attention regions."""
+    """A CNN -> abstract and concrete image features, plus its feature map as attention regions.
+
+    ResNets give regions from `layer3` or `layer4` (computed inside the network, so from pixels
+    only); EfficientNet-Lite gives its last map ("last": 7 x 7 at 224 px), which a frozen backbone
+    may also pass in precomputed."""
 
     def __init__(self, cfg: dict[str, Any], level_dim: int, regions_from: str = "layer4"):
         name = cfg.get("backbone", "resnet18")
-        if name not in RESNETS:
-            raise ValueError(f"gxn: image backbone {name!r} unsupported; GXN needs a ResNet "
-                             f"({', '.join(RESNETS)}), whose feature map gives the caption decoder its regions")
-        if regions_from not in ("layer3", "layer4"):
-            raise ValueError(f"gxn: caption.regions_from must be 'layer3' or 'layer4', got {regions_from!r}")
-        super().__init__(cfg)
+        self.on_resnet = name in RESNETS
+        if self.on_resnet and regions_from not in ("layer3", "layer4"):
+            raise ValueError(f"gxn: caption.regions_from must be 'layer3' or 'layer4' on a ResNet, "
+                             f"got {regions_from!r}")
+        if not self.on_resnet and (name not in EFFICIENTNET_LITES or regions_from != "last"):
+            raise ValueError(f"gxn: image backbone {name!r} with regions from {regions_from!r} unsupported; GXN "
+                             f"needs a ResNet ({', '.join(RESNETS)}; regions from layer3/layer4) or an "
+                             f"EfficientNet-Lite ({', '.join(EFFICIENTNET_LITES)}; regions from 'last'), whose "
+                             "feature map gives the caption decoder its regions")
+        super().__init__(cfg, output="pooled" if self.on_resnet else "map")
         self.regions_from = regions_from
         self.region_dim = self.feature_dim // (2 if regions_from == "layer3" else 1)
         self.project_high = nn.Linear(self.feature_dim, level_dim)
         self.project_low = nn.Linear(self.feature_dim, level_dim)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor | BackboneFeatures) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(abstract feature, concrete feature, regions (N, R, C))."""
+        if self.on_resnet:
+            regions, last = self._resnet_maps(images)
+        else:
+            last = self.features(images)
+            regions = last
+        pooled = last.mean(dim=(2, 3))
+        return self.project_high(pooled), self.project_low(pooled), regions.flatten(2).transpose(1, 2)
+
+    def _resnet_maps(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(pixels, BackboneFeatures):
+            raise ValueError("gxn: a ResNet tower computes its regions from pixels, not precomputed features")
         net = self.backbone
         x = self.normalize(pixels)
         x = net.layer3(net.layer2(net.layer1(net.maxpool(net.relu(net.bn1(net.conv1(x)))))))
-        regions = x
-        x = net.layer4(x)
-        if self.regions_from == "layer4":
-            regions = x
-        pooled = x.mean(dim=(2, 3))
-        return self.project_high(pooled), self.project_low(pooled), regions.flatten(2).transpose(1, 2)
+        last = net.layer4(x)
+        return (x if self.regions_from == "layer3" else last), last
 
 
 @register_family("gxn")
@@ -210,6 +226,14 @@ class GXN(Encoder):
         self._references = [list(r.captions) for r in train_records]
         self._cider = None
 
+    def frozen_backbone(self) -> Any:
+        """Only EfficientNet towers hand their whole map over; a ResNet's layer3 regions stay inside."""
+        return None if self.image_tower.on_resnet else super().frozen_backbone()
+
+    @property
+    def thumbnail_size(self) -> int | None:
+        return self.imagined_size if self.imagines_texts else None
+
     def discriminator_parameters(self) -> list[nn.Parameter]:
         return list(self.discriminator.parameters()) if self.imagines_texts else []
 
@@ -279,8 +303,11 @@ class GXN(Encoder):
         advantage = torch.as_tensor(reward - baseline, dtype=log_prob.dtype, device=log_prob.device)
         return -(advantage * log_prob).mean(), torch.tensor(float(reward.mean()))
 
-    def _gan_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 training pixels -> the generator's range [-1, 1] at its size."""
+    def _gan_pixels(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
+        """uint8 training pixels (or the thumbnails beside cached features) -> [-1, 1] at the generator's size."""
+        pixels = images.thumbnails if isinstance(images, BackboneFeatures) else images
+        if pixels is None:
+            raise ValueError("gxn: cached backbone features came without the thumbnails the discriminator needs")
         x = pixels.float() / 127.5 - 1
         if x.shape[-1] != self.imagined_size:
             x = F.interpolate(x, size=(self.imagined_size,) * 2, mode="bilinear", antialias=True, align_corners=False)

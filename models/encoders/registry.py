@@ -16,10 +16,13 @@ from typing import Any
 
 import torch
 
-from models.encoders.base import CHECKPOINT_FORMAT, CheckpointError, Encoder
+from models.encoders.base import CHECKPOINT_FORMAT, CheckpointError, Encoder, PretrainedUnavailableError
 from models.vocab import Vocabulary
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Trained encoders shipped with the code (slim checkpoints: heads, vocabulary and config; the
+# frozen towers' weights come from their pip packages), usable by name: `--encoder photos`.
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 _FAMILIES: dict[str, type[Encoder]] = {}
 _FAMILY_MODULES = ("models.encoders.vse", "models.encoders.openclip", "models.encoders.dual_path",
                    "models.encoders.gxn")
@@ -43,6 +46,17 @@ def _families() -> dict[str, type[Encoder]]:
 def list_encoders() -> list[str]:
     """Names of the architectures in `models/configs/`."""
     return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def list_shipped_encoders() -> list[str]:
+    """Names of the trained encoders in `models/pretrained/`."""
+    return sorted(p.stem for p in SHIPPED_DIR.glob("*.pt"))
+
+
+def shipped_encoder_path(name: str) -> Path | None:
+    """The checkpoint of a shipped trained encoder called `name`, or None."""
+    path = SHIPPED_DIR / f"{name}.pt"
+    return path if "/" not in name and path.is_file() else None
 
 
 def get_encoder_config(name: str) -> dict[str, Any]:
@@ -107,11 +121,18 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     families = _families()
     if payload["family"] not in families:
         raise CheckpointError(f"{path}: encoder family {payload['family']!r} is not installed")
+    external = list(payload.get("package_weights") or [])
     try:
         vocab = Vocabulary(payload["vocab"]) if payload.get("vocab") else None
-        config = without_pretrained(payload["config"])  # the checkpoint already holds the weights
+        # The checkpoint holds the weights, except those a slim one leaves to their packages.
+        config = payload["config"] if external else without_pretrained(payload["config"])
         encoder = families[payload["family"]](payload["name"], config, vocab=vocab, extra=payload.get("extra"))
-        encoder.load_state_dict(payload["state_dict"])
+        missing, unexpected = encoder.load_state_dict(payload["state_dict"], strict=False)
+        missing = [k for k in missing if not any(k.startswith(f"{p}.") for p in external)]
+        if missing or unexpected:
+            raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    except (PretrainedUnavailableError, FileNotFoundError) as error:  # a weights package is not installed
+        raise CheckpointError(f"{path}: {error}") from error
     except (KeyError, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{path}: checkpoint does not match its encoder ({type(error).__name__}: "
                               f"{str(error)[:300]})") from error

@@ -154,6 +154,36 @@ class SentenceTransformerTower(nn.Module):
         device = self.head[0].weight.device
         return self.head(torch.stack([self._cache[t] for t in texts]).to(device))
 
+    def precompute(self, texts: list[str], cache_dir: Path | None, progress: bool = True,
+                   batch_size: int = 128) -> None:
+        """Memoise the frozen sentence features of `texts` at once, from a file in `cache_dir` keyed by
+        the texts and the transformer's weights when there is one (training encodes every caption
+        once, in batches, instead of batch by batch in the first epoch)."""
+        import hashlib
+
+        from tqdm import tqdm
+
+        from models.io import atomic_torch_save
+
+        unique = list(dict.fromkeys(texts))
+        digest = hashlib.sha256("\0".join(unique).encode())
+        for tensor in self.transformer.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        cache_file = Path(cache_dir) / f"sentences-{digest.hexdigest()[:20]}.pt" if cache_dir else None
+        if cache_file is not None and cache_file.is_file():
+            features = torch.load(cache_file, weights_only=True)
+        else:
+            parts = []
+            starts = range(0, len(unique), batch_size)
+            with torch.no_grad():
+                for start in tqdm(starts, desc="sentence features", unit="batch", disable=not progress):
+                    parts.append(self.sentence_features(unique[start:start + batch_size]).cpu())
+            features = torch.cat(parts) if parts else torch.zeros(0, self.transformer.config.hidden_size)
+            if cache_file is not None:
+                atomic_torch_save(features, cache_file)
+        self.cache_size = max(self.cache_size, len(unique) + 10_000)
+        self._cache.update(zip(unique, features, strict=True))
+
     def unknown_words(self, text: str) -> list[str]:
         # Word pieces cover every word; only text that tokenises to [UNK] is unknown.
         unk = self.tokenizer.unk_token

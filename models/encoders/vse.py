@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.encoders.base import Encoder, l2_normalize
+from models.encoders.base import BackboneFeatures, Encoder, l2_normalize
 from models.encoders.image_towers import BackboneTower
 from models.encoders.registry import register_family
 from models.encoders.text_towers import SentenceTransformerTower, build_text_tower
@@ -21,14 +21,15 @@ from models.vocab import Vocabulary
 
 
 class ImageTower(BackboneTower):
-    """Backbone features -> linear projection."""
+    """Backbone features -> dropout (`image.dropout`, training only) -> linear projection."""
 
     def __init__(self, cfg: dict[str, Any], embed_dim: int):
         super().__init__(cfg)
+        self.dropout = nn.Dropout(float(cfg.get("dropout", 0.0)))
         self.project = nn.Linear(self.feature_dim, embed_dim)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.project(self.backbone(self.normalize(pixels)))
+    def forward(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
+        return self.project(self.dropout(self.features(images)))
 
 
 @register_family("vse")

@@ -31,6 +31,10 @@ class TrainConfig:
     seed: int = 0
     val_split: str = "val"
     val_max_images: int | None = None
+    epoch_pairs: str = "one_per_image"   # one_per_image (a random caption each) | all_captions
+    cache_features: bool = True          # frozen image backbone: compute its features once (off: every batch)
+    feature_views: int = 6               # frozen image backbone: views cached per training image (1-10)
+    backbone_runtime: str = "openvino"   # how a frozen backbone's features are computed (torch | openvino)
     time_budget_minutes: float | None = None  # stop (and evaluate) when this much training time is spent
     cache_dir: str | None = ".cache/imgsearch"
     workers: int = 2
@@ -48,6 +52,8 @@ class TrainConfig:
         self._check_types()
         if self.lr_schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"lr_schedule must be cosine, step or constant, not {self.lr_schedule!r}")
+        if self.epoch_pairs not in ("one_per_image", "all_captions"):
+            raise ValueError(f"epoch_pairs must be one_per_image or all_captions, not {self.epoch_pairs!r}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (ranking needs negatives)")
 

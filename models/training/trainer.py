@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from models.data import DecodedSplit, decode_split, load_records, select_split
+from models.data import BackboneFeatures, DecodedSplit, decode_split, load_records, select_split
 from models.data.records import ImageRecord
 from models.encoders import Encoder, create_encoder, load_encoder, needs_vocabulary
 from models.encoders.registry import family_class, get_encoder_config, merge_config, without_pretrained
+from models.encoders.text_towers import SentenceTransformerTower
 from models.evaluation import RetrievalMetrics, evaluate_encoder
 from models.io import atomic_torch_save
 from models.training.config import TrainConfig
+from models.training.feature_cache import cached_features, choose_views, feature_split, pick_views
 from models.training.plots import plot_history
 from models.vocab import Vocabulary
 
@@ -63,10 +65,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     encoder = load_encoder(out_dir / LAST_CHECKPOINT) if state else _new_encoder(config, records)
     encoder.to(device).train()
     train_split, val_split = _decode_splits(config, records, encoder.image_size, progress)
+    train_split, val_split = _with_cached_features(encoder, train_split, val_split, config, progress)
+    _precompute_frozen_text(encoder, [train_split, val_split], config, progress)
     encoder.attach_training_records(train_split.records)
     optimizer = torch.optim.AdamW(_main_parameters(encoder), lr=config.lr, weight_decay=config.weight_decay)
     discriminator_optimizer = encoder.discriminator_optimizer()
-    steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
+    pairs = len(train_split.pairs.captions) if config.epoch_pairs == "all_captions" else len(train_split)
+    steps_per_epoch = math.ceil(pairs / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
     history: list[dict] = state["history"] if state else []
     best_rsum = max((h["val"]["rsum"] for h in history), default=-1.0)
@@ -172,6 +177,42 @@ def _decode_splits(config: TrainConfig, records: list[ImageRecord], image_size: 
     return train_split, val_split
 
 
+def _with_cached_features(encoder: Encoder, train_split: DecodedSplit, val_split: DecodedSplit,
+                          config: TrainConfig, progress: bool) -> tuple[DecodedSplit, DecodedSplit]:
+    """For a frozen image backbone: both splits with their pixels replaced by backbone features
+    computed once (several views per training image, the centre view for validation)."""
+    tower = encoder.frozen_backbone()
+    if tower is None or not config.cache_features:
+        return train_split, val_split
+    encoder.use_backbone_runtime(config.backbone_runtime)
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    # Without the augmentation slack every crop is the centre: only mirroring can differ.
+    count = config.feature_views if config.augment else min(config.feature_views, 1 + config.hflip)
+    views = choose_views(count, config.hflip)
+    size, thumbnail = encoder.image_size, encoder.thumbnail_size
+    train = cached_features(tower, train_split, size, views, cache, progress=progress)
+    val = cached_features(tower, val_split, size, views[:1], cache, progress=progress)[:, 0]
+    return feature_split(train_split, train, thumbnail, size), feature_split(val_split, val, thumbnail, size)
+
+
+def _precompute_frozen_text(encoder: Encoder, splits: list[DecodedSplit], config: TrainConfig,
+                            progress: bool) -> None:
+    """A frozen sentence encoder's features of every caption, computed once (cached on disk)."""
+    captions = [c for split in splits for c in split.pairs.captions]
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    for module in encoder.modules():
+        if isinstance(module, SentenceTransformerTower) and module.freeze:
+            module.precompute(captions, cache, progress)
+
+
+def _training_images(pixels: torch.Tensor | BackboneFeatures, batch: torch.Tensor, size: int,
+                     config: TrainConfig) -> torch.Tensor | BackboneFeatures:
+    """A batch's images: one random cached view each, or augmented uint8 crops."""
+    if isinstance(pixels, BackboneFeatures):
+        return pick_views(pixels[batch])
+    return _augment(pixels[batch], size, config)
+
+
 def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
     total = max(1, config.epochs * steps_per_epoch)
 
@@ -190,16 +231,15 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
 def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSplit, config: TrainConfig,
                      epoch: int, time_left: float | None, progress: bool) -> dict:
     encoder.train()
-    order = torch.randperm(len(split))
-    batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    batches = [b for b in batches if len(b) >= 2]  # a batch of one has no negatives
+    batches = _epoch_batches(split, config)
     stage = encoder.describe_epoch(epoch).get("stage")
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}" + (f" [stage {stage}]" if stage else ""),
                unit="batch", disable=not progress)
     started, seen, steps, total_loss, terms = time.perf_counter(), 0, 0, 0.0, {}
     for batch in bar:
-        pixels = _augment(split.pixels[batch], encoder.image_size, config).to(encoder.device, non_blocking=True)
-        captions = [random.choice(split.records[i].captions) for i in batch.tolist()]
+        batch, captions = _batch_captions(split, batch, config)
+        pixels = _training_images(split.pixels, batch, encoder.image_size, config).to(encoder.device,
+                                                                                     non_blocking=True)
         adversary = _discriminator_step(encoder, optimizers.discriminator, pixels, captions, epoch, steps)
         losses = encoder.training_losses(pixels, captions, epoch, image_ids=batch)
         _check_finite(losses["loss"], epoch, steps)
@@ -223,6 +263,23 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
     steps = max(1, steps)
     return {"train_loss": total_loss / steps, "loss_terms": {k: v / steps for k, v in terms.items()},
             "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9), "images_seen": seen}
+
+
+def _epoch_batches(split: DecodedSplit, config: TrainConfig) -> list[torch.Tensor]:
+    """Shuffled batches of image indices (one_per_image) or caption indices (all_captions)."""
+    count = len(split.pairs.captions) if config.epoch_pairs == "all_captions" else len(split)
+    order = torch.randperm(count)
+    batches = [order[i:i + config.batch_size] for i in range(0, count, config.batch_size)]
+    return [b for b in batches if len(b) >= 2]  # a batch of one has no negatives
+
+
+def _batch_captions(split: DecodedSplit, batch: torch.Tensor, config: TrainConfig
+                    ) -> tuple[torch.Tensor, list[str]]:
+    """(image indices, one caption each) for a batch from `_epoch_batches`."""
+    if config.epoch_pairs == "all_captions":
+        owners = split.pairs.caption_to_image
+        return torch.tensor([owners[i] for i in batch.tolist()]), [split.pairs.captions[i] for i in batch.tolist()]
+    return batch, [random.choice(split.records[i].captions) for i in batch.tolist()]
 
 
 def _discriminator_step(encoder: Encoder, optimizer: torch.optim.Optimizer | None, pixels: torch.Tensor,

@@ -313,3 +313,21 @@ def test_publish_vectors_serves_precomputed_embeddings(encoder_checkpoint, tmp_p
         publish_vectors(name="imported", index_dir=tmp_path / "idx", sessions=sessions, gallery="/imported",
                         encoder_spec=str(encoder_checkpoint), arrays=arrays)
     assert store.current_version(tmp_path / "idx", "imported").version == 1  # the bad calls changed nothing
+
+
+def test_a_shipped_encoder_indexes_by_name(gallery, encoder_checkpoint, tmp_path, sessions, monkeypatch):
+    from indexer.build import resolve_encoder
+    from models.encoders import registry
+
+    shipped = tmp_path / "pretrained"
+    packed = _cli({}, "pack", str(encoder_checkpoint), "--out", str(shipped / "tiny_photos.pt"))
+    assert packed.returncode == 0, packed.stderr
+    assert "weights from packages: none" in packed.stdout  # nothing of this encoder comes from a package
+    monkeypatch.setattr(registry, "SHIPPED_DIR", shipped)
+    encoder, where, _ = resolve_encoder("tiny_photos")
+    assert where == str((shipped / "tiny_photos.pt").resolve()) and encoder.name == "vse_tiny_gru"
+    report = build_index(gallery=str(gallery), encoder_spec="tiny_photos", name="photos", index_dir=tmp_path / "idx",
+                         sessions=sessions, options=QUIET)
+    assert report.image_count == 30
+    with pytest.raises(ValueError, match="shipped trained encoder"):
+        resolve_encoder("vse_tiny_gru")  # an architecture, not a trained encoder
