@@ -237,9 +237,11 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
                unit="batch", disable=not progress)
     started, seen, steps, total_loss, terms = time.perf_counter(), 0, 0, 0.0, {}
     for batch in bar:
-        batch, captions = _batch_captions(split, batch, config)
+        batch, caption_ids = _batch_pairs(split, batch, config)
         pixels = _training_images(split.pixels, batch, encoder.image_size, config).to(encoder.device,
                                                                                      non_blocking=True)
+        captions = [split.pairs.captions[i] if i is not None else random.choice(split.records[b].captions)
+                    for i, b in zip(caption_ids, batch.tolist(), strict=True)]
         adversary = _discriminator_step(encoder, optimizers.discriminator, pixels, captions, epoch, steps)
         losses = encoder.training_losses(pixels, captions, epoch, image_ids=batch)
         _check_finite(losses["loss"], epoch, steps)
@@ -273,13 +275,14 @@ def _epoch_batches(split: DecodedSplit, config: TrainConfig) -> list[torch.Tenso
     return [b for b in batches if len(b) >= 2]  # a batch of one has no negatives
 
 
-def _batch_captions(split: DecodedSplit, batch: torch.Tensor, config: TrainConfig
-                    ) -> tuple[torch.Tensor, list[str]]:
-    """(image indices, one caption each) for a batch from `_epoch_batches`."""
+def _batch_pairs(split: DecodedSplit, batch: torch.Tensor, config: TrainConfig
+                 ) -> tuple[torch.Tensor, list[int | None]]:
+    """(image indices, caption indices) for a batch from `_epoch_batches`; a caption index is None
+    where the image's caption is drawn at random (one_per_image)."""
     if config.epoch_pairs == "all_captions":
         owners = split.pairs.caption_to_image
-        return torch.tensor([owners[i] for i in batch.tolist()]), [split.pairs.captions[i] for i in batch.tolist()]
-    return batch, [random.choice(split.records[i].captions) for i in batch.tolist()]
+        return torch.tensor([owners[i] for i in batch.tolist()]), batch.tolist()
+    return batch, [None] * len(batch)
 
 
 def _discriminator_step(encoder: Encoder, optimizer: torch.optim.Optimizer | None, pixels: torch.Tensor,
