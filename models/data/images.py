@@ -155,6 +155,7 @@ def files_fingerprint(paths: Sequence[Path], size: int) -> str:
     """A short digest of the files (paths, sizes, modification times) and the decode size: a cache key."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{size}".encode())
     for path in paths:
-        stat = Path(path).stat() if Path(path).exists() else None
+        path = Path(path).resolve()  # one file, one key, however the dataset was named
+        stat = path.stat() if path.exists() else None
         digest.update(f"{path}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1}\n".encode())
     return digest.hexdigest()[:20]
