@@ -153,6 +153,24 @@ def pack(
                f"{', '.join(left_to_packages) or 'none (the checkpoint holds every weight)'}")
 
 
+@cli.command()
+def ensemble(
+    checkpoints: Annotated[list[Path], typer.Argument(help="two or more trained encoder checkpoints")],
+    out: Annotated[Path, typer.Option(help="where to write the ensemble's checkpoint")],
+    name: Annotated[str, typer.Option(help="the ensemble's encoder name")] = "ensemble",
+    slim: Annotated[bool, typer.Option(help="leave package-loaded frozen towers out (see `pack`)")] = False,
+) -> None:
+    """Join trained encoders into one that scores by the mean of their cosine similarities."""
+    from models.encoders import load_encoder
+    from models.encoders.ensemble import Ensemble
+
+    members = [load_encoder(path) for path in checkpoints]
+    joined = Ensemble.join(name, members)
+    joined.save(out, slim=slim)
+    typer.echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): {len(members)} members, "
+               f"{joined.embed_dim}-d vectors")
+
+
 def _catalogue(settings):
     from indexer.db import session_factory
 

@@ -25,7 +25,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 _FAMILIES: dict[str, type[Encoder]] = {}
 _FAMILY_MODULES = ("models.encoders.vse", "models.encoders.openclip", "models.encoders.dual_path",
-                   "models.encoders.gxn")
+                   "models.encoders.gxn", "models.encoders.ensemble")
 
 
 def register_family(name: str) -> Callable[[type[Encoder]], type[Encoder]]:

