@@ -5,8 +5,9 @@ The served vector is the concatenation of the members' unit embeddings divided b
     E(x) = [e_1(x); ...; e_k(x)] / sqrt(k),    E(x) . E(y) = (1/k) sum_i e_i(x) . e_i(y)
 
 It is unit length and its inner product is the members' mean cosine, so faiss serves an ensemble
-like any other encoder. Members trained on one frozen image backbone share a single pass through
-it (the heads differ, the network under them does not). Members are trained on their own and
+like any other encoder. Each member sees the images at its own size, and members trained on one
+frozen image backbone at one size share a single pass through it (the heads differ, the network
+under them does not). Members are trained on their own and
 joined afterwards (`imgsearch ensemble`); an ensemble is not trained as a whole.
 """
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from models.data import BackboneFeatures
-from models.encoders.base import Encoder, l2_normalize
+from models.encoders.base import Encoder, ImageBatch, l2_normalize
 from models.encoders.registry import family_class, register_family
 from models.vocab import Vocabulary
 
@@ -31,12 +32,11 @@ def member_spec(encoder: Encoder) -> dict[str, Any]:
 
 
 def ensemble_config(members: list[Encoder]) -> dict[str, Any]:
-    sizes = {member.image_size for member in members}
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two members")
-    if len(sizes) != 1:
-        raise ValueError(f"ensemble members must share one image size, got {sorted(sizes)}")
-    return {"family": "ensemble", "embed_dim": sum(m.embed_dim for m in members), "image_size": sizes.pop(),
+    # Images are decoded at the largest member's size; each member resizes to its own.
+    return {"family": "ensemble", "embed_dim": sum(m.embed_dim for m in members),
+            "image_size": max(m.image_size for m in members),
             "members": [member_spec(m) for m in members]}
 
 
@@ -76,9 +76,25 @@ class Ensemble(Encoder):
         return ensemble.eval()
 
     # --- the encoder interface ----------------------------------------------------------------
-    def image_embedding(self, pixels: torch.Tensor | BackboneFeatures) -> torch.Tensor:
-        shared = self._shared_features(pixels)
-        return self._join([m.image_embedding(shared.get(self._backbone_key(m), pixels)) for m in self.members])
+    @torch.no_grad()
+    def encode_image(self, images: ImageBatch) -> torch.Tensor:
+        """Each member sees the images at its own size; members on one frozen backbone share a pass."""
+        if isinstance(images, BackboneFeatures):
+            raise ValueError("ensemble members read pixels, not one backbone's precomputed features")
+        shared: dict[tuple, BackboneFeatures] = {}
+        parts = []
+        for member in self.members:
+            key = self._backbone_key(member)
+            if key is None:
+                parts.append(member.encode_image(images))
+                continue
+            if key not in shared:
+                shared[key] = BackboneFeatures(member.frozen_backbone().features(member.prepare_images(images)))
+            parts.append(member.image_embedding(shared[key]))
+        return self._join(parts)
+
+    def image_embedding(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encode_image(pixels)
 
     def text_embedding(self, texts: list[str]) -> torch.Tensor:
         return self._join([m.text_embedding(texts) for m in self.members])
@@ -119,13 +135,3 @@ class Ensemble(Encoder):
             return None
         image = member.config.get("image", {})
         return (tower.backbone_name, str(image.get("pretrained")), tower.output, member.image_size)
-
-    def _shared_features(self, pixels: torch.Tensor | BackboneFeatures) -> dict[tuple, BackboneFeatures]:
-        if isinstance(pixels, BackboneFeatures):
-            return {}
-        keys: dict[tuple, Encoder] = {}
-        for member in self.members:
-            key = self._backbone_key(member)
-            if key is not None:
-                keys.setdefault(key, member)
-        return {key: BackboneFeatures(member.frozen_backbone().features(pixels)) for key, member in keys.items()}
