@@ -110,6 +110,7 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="metrics file [CHECKPOINT.SPLIT.json]")] = None,
     cache_dir: Path = Path(".cache/imgsearch"),
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    backbone_runtime: Annotated[str, typer.Option(help="torch, openvino or openvino-bf16")] = "openvino",
 ) -> None:
     """Recall@1/5/10, median and mean rank both ways, and rsum, on one split (and BLEU-4/CIDEr-D of the
     generated captions, for an encoder that generates them); prints and writes JSON."""
@@ -118,6 +119,7 @@ def evaluate(
     from models.evaluation import evaluate_encoder
 
     encoder = load_encoder(checkpoint, device)
+    encoder.use_backbone_runtime(backbone_runtime)
     records = select_split(load_records(data), split)[: max_images or None]
     decoded = decode_split(records, split, encoder.image_size, cache_dir)
     if len(decoded.report):

@@ -13,6 +13,7 @@ joined afterwards (`imgsearch ensemble`); an ensemble is not trained as a whole.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -22,6 +23,7 @@ from torch import nn
 from models.data import BackboneFeatures
 from models.encoders.base import Encoder, ImageBatch, l2_normalize
 from models.encoders.registry import family_class, register_family
+from models.encoders.text_towers import SentenceTransformerTower
 from models.vocab import Vocabulary
 
 
@@ -66,6 +68,7 @@ class Ensemble(Encoder):
             for spec in specs)
         if sum(m.embed_dim for m in self.members) != self.embed_dim:
             raise ValueError("ensemble: embed_dim must be the sum of the members' embed_dim")
+        self._share_text_models()
 
     @classmethod
     def join(cls, name: str, members: list[Encoder]) -> Ensemble:
@@ -73,6 +76,7 @@ class Ensemble(Encoder):
         ensemble = cls.__new__(cls)
         Encoder.__init__(ensemble, name, ensemble_config(members))
         ensemble.members = nn.ModuleList(members)
+        ensemble._share_text_models()
         return ensemble.eval()
 
     # --- the encoder interface ----------------------------------------------------------------
@@ -123,7 +127,24 @@ class Ensemble(Encoder):
     def package_weights(self) -> list[str]:
         return [f"members.{i}.{prefix}" for i, m in enumerate(self.members) for prefix in m.package_weights()]
 
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._share_text_models()  # built from configs, the members' copies only now hold equal weights
+        return result
+
     # --- helpers ------------------------------------------------------------------------------
+    def _share_text_models(self) -> None:
+        """Members on one frozen sentence encoder use one copy of it and one memo of its features."""
+        first: dict[str, SentenceTransformerTower] = {}
+        for member in self.members:
+            tower = getattr(member, "text_tower", None)
+            if not isinstance(tower, SentenceTransformerTower) or not tower.freeze:
+                continue
+            key = json.dumps(tower.files, sort_keys=True)
+            if key in first and _same_weights(first[key].transformer, tower.transformer):
+                tower.transformer, tower._cache = first[key].transformer, first[key]._cache
+            first.setdefault(key, tower)
+
     def _join(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([l2_normalize(e) for e in embeddings], dim=1) / math.sqrt(len(embeddings))
 
@@ -135,3 +156,8 @@ class Ensemble(Encoder):
             return None
         image = member.config.get("image", {})
         return (tower.backbone_name, str(image.get("pretrained")), tower.output, member.image_size)
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    other = b.state_dict()
+    return all(torch.equal(value, other[key]) for key, value in a.state_dict().items())
