@@ -153,17 +153,40 @@ class BackboneTower(nn.Module):
         self.register_buffer("std", torch.tensor(backbone.std), persistent=False)
         self.frozen = False
         self.runtime: Any = None  # a compiled inference callable, see `use_runtime`
+        # Fine-tuning the top of a frozen backbone (for a GPU): its last blocks train, at the main
+        # learning rate times `backbone_lr_scale`; the rest stays frozen in eval mode.
+        self.trained_tail = self._tail(int(cfg.get("train_last_blocks", 0)))
+        self.backbone_lr_scale = float(cfg.get("backbone_lr_scale", 1.0))
         self.set_frozen(bool(cfg.get("freeze", False)))
 
+    def _tail(self, blocks: int) -> list[nn.Module]:
+        if blocks <= 0:
+            return []
+        network = getattr(self.backbone, "network", None)
+        if network is None or not hasattr(network, "blocks"):
+            raise ValueError(f"image.train_last_blocks needs an EfficientNet-Lite backbone, not {self.backbone_name!r}")
+        stages = list(network.blocks)
+        if blocks > len(stages):
+            raise ValueError(f"image.train_last_blocks = {blocks}: the backbone has {len(stages)} stages")
+        return [*stages[-blocks:], network.conv_head, network.bn2]
+
     def set_frozen(self, frozen: bool) -> None:
-        self.frozen = frozen
+        """Freeze the backbone (all of it, or all but `train_last_blocks` stages) or train it whole."""
+        self.frozen = frozen and not self.trained_tail  # fully frozen: its features may be cached
         self.backbone.requires_grad_(not frozen)
+        if frozen:
+            for module in self.trained_tail:
+                module.requires_grad_(True)
+        self._partly_frozen = frozen and bool(self.trained_tail)
         self.train(self.training)
 
     def train(self, mode: bool = True) -> BackboneTower:
         super().train(mode)
-        if self.frozen:
+        if self.frozen or self._partly_frozen:
             self.backbone.eval()
+        if self._partly_frozen:
+            for module in self.trained_tail:
+                module.train(mode)
         return self
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:

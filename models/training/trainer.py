@@ -68,7 +68,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     train_split, val_split = _with_cached_features(encoder, train_split, val_split, config, progress)
     _precompute_frozen_text(encoder, [train_split, val_split], config, progress)
     encoder.attach_training_records(train_split.records)
-    optimizer = torch.optim.AdamW(_main_parameters(encoder), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(encoder, config.lr), lr=config.lr,
+                                  weight_decay=config.weight_decay)
     discriminator_optimizer = encoder.discriminator_optimizer()
     pairs = len(train_split.pairs.captions) if config.epoch_pairs == "all_captions" else len(train_split)
     steps_per_epoch = math.ceil(pairs / config.batch_size)
@@ -114,9 +115,18 @@ class _Optimizers:
     discriminator: torch.optim.Optimizer | None  # for families with an adversarial step (GXN)
 
 
-def _main_parameters(encoder: Encoder) -> list[torch.nn.Parameter]:
+def _parameter_groups(encoder: Encoder, lr: float) -> list[dict]:
+    """The main optimizer's parameters (the adversarial ones have their own); a trained image
+    backbone gets its own group when its learning rate is scaled (`image.backbone_lr_scale`)."""
     adversarial = {id(p) for p in encoder.discriminator_parameters()}
-    return [p for p in encoder.parameters() if p.requires_grad and id(p) not in adversarial]
+    main = [p for p in encoder.parameters() if p.requires_grad and id(p) not in adversarial]
+    tower = getattr(encoder, "image_tower", None)
+    scale = getattr(tower, "backbone_lr_scale", 1.0)
+    if scale == 1.0:
+        return [{"params": main}]
+    in_backbone = {id(p) for p in tower.backbone.parameters()}
+    return [{"params": [p for p in main if id(p) not in in_backbone]},
+            {"params": [p for p in main if id(p) in in_backbone], "lr": lr * scale}]
 
 
 def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:
@@ -248,7 +258,8 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
         optimizers.main.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(optimizers.main.param_groups[0]["params"], config.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for g in optimizers.main.param_groups for p in g["params"]],
+                                           config.grad_clip)
         optimizers.main.step()
         optimizers.scheduler.step()
         seen += len(batch)

@@ -13,7 +13,7 @@ import torch
 from models import create_encoder, load_encoder
 from models.data import load_records, select_split
 from models.training import TrainConfig, train
-from models.training.trainer import _main_parameters
+from models.training.trainer import _parameter_groups
 from models.two_level import joint_similarity
 from models.vocab import SPECIALS, Vocabulary
 
@@ -59,7 +59,7 @@ def test_training_losses_follow_the_schedule_and_reach_every_branch():
 def test_discriminator_is_trained_in_its_own_step_only():
     encoder = _encoder().train()
     discriminator = set(map(id, encoder.discriminator.parameters()))
-    main = _main_parameters(encoder)
+    main = [p for group in _parameter_groups(encoder, 1e-3) for p in group["params"]]
     assert main and not discriminator & set(map(id, main))
     optimizer = encoder.discriminator_optimizer()
     assert {id(p) for group in optimizer.param_groups for p in group["params"]} == discriminator

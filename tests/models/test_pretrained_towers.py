@@ -230,3 +230,20 @@ def test_an_ensemble_scores_the_mean_cosine_and_shares_its_frozen_backbone(tmp_p
     assert mixed.image_size == 64
     expected = sum(m.encode_image(pixels) @ m.encode_text(texts).t() for m in (first, small)) / 2
     assert torch.allclose(mixed.encode_image(pixels) @ mixed.encode_text(texts).t(), expected, atol=1e-5)
+
+
+def test_the_last_blocks_of_a_frozen_backbone_can_train_at_a_lower_rate():
+    from models.training.trainer import _parameter_groups
+
+    encoder = _lite_vse(train_last_blocks=1, backbone_lr_scale=0.1).train()
+    tower = encoder.image_tower
+    network = tower.backbone.network
+    assert encoder.frozen_backbone() is None  # not wholly frozen: no feature cache
+    assert all(p.requires_grad for p in network.blocks[-1].parameters())
+    assert not any(p.requires_grad for p in network.blocks[0].parameters())
+    assert network.blocks[-1].training and not network.blocks[0].training  # frozen batch norms keep statistics
+    groups = _parameter_groups(encoder, 1e-3)
+    assert groups[1]["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in tower.backbone.parameters() if p.requires_grad}
+    with pytest.raises(ValueError, match="stages"):
+        _lite_vse(train_last_blocks=99)
