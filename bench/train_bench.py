@@ -44,6 +44,7 @@ SUITES = {
         ("VSE++, MiniLM", "configs/flickr8k_vsepp_lite0_minilm.toml"),
         ("VSE, InfoNCE, MiniLM", "configs/flickr8k_vse_infonce_lite0_minilm.toml"),
         ("VSE, InfoNCE, MiniLM, Lite2", "configs/flickr8k_vse_infonce_lite2_minilm.toml"),
+        ("VSE++, MiniLM, Lite2", "configs/flickr8k_vsepp_lite2_minilm.toml"),
         ("VSE0, GRU", "configs/flickr8k_vse_lite0_gru.toml"),
         ("VSE++, GRU", "configs/flickr8k_vsepp_lite0_gru.toml"),
         ("Dual-Path, TextCNN", "configs/flickr8k_dual_path_lite0.toml"),

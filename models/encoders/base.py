@@ -192,21 +192,24 @@ class Encoder(nn.Module):
                                    antialias=True, align_corners=False).round().clamp(0, 255).to(torch.uint8)
         return images.to(self.device)
 
-    def checkpoint_payload(self, slim: bool = False) -> dict[str, Any]:
+    def checkpoint_payload(self, slim: bool = False, half: bool = False) -> dict[str, Any]:
         """Everything to rebuild this encoder. `slim` leaves out the frozen towers whose weights
-        come from an installed package (`package_weights`): the loader takes them from there."""
+        come from an installed package (`package_weights`): the loader takes them from there.
+        `half` stores float weights in fp16 (loading casts them back to the model's precision)."""
         state, extra, external = self.state_dict(), self.extra_state_for_checkpoint(), []
         if slim:
             external = self.package_weights()
             state = {k: v for k, v in state.items() if not any(k.startswith(f"{p}.") for p in external)}
             extra = {k: v for k, v in extra.items() if k != "text_files"}
+        if half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         return {"format": CHECKPOINT_FORMAT, "family": self.family, "name": self.name,
                 "config": self.config, "vocab": self.vocabulary_words(), "extra": extra, "state_dict": state,
                 "package_weights": external}
 
-    def save(self, path: str | Path, slim: bool = False) -> Path:
+    def save(self, path: str | Path, slim: bool = False, half: bool = False) -> Path:
         """Write weights, config and vocabulary into one file (atomically); see `checkpoint_payload`."""
-        return atomic_torch_save(self.checkpoint_payload(slim), path)
+        return atomic_torch_save(self.checkpoint_payload(slim, half), path)
 
     def package_weights(self) -> list[str]:
         """Submodules (state-dict prefixes) that are frozen and loaded from a pip package, so a slim

@@ -192,6 +192,9 @@ def test_a_slim_checkpoint_takes_the_frozen_backbone_from_its_package(tmp_path):
     assert not any(k.startswith("image_tower.backbone.") for k in payload["state_dict"])
     pixels = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     assert torch.allclose(load_encoder(slim).encode_image(pixels), encoder.encode_image(pixels), atol=1e-6)
+    half = encoder.save(tmp_path / "half.pt", slim=True, half=True)
+    assert half.stat().st_size < slim.stat().st_size * 0.6
+    assert torch.allclose(load_encoder(half).encode_image(pixels), encoder.encode_image(pixels), atol=5e-3)
     # Without the package, loading says which one to install.
     payload["config"]["image"]["pretrained"] = "package:no_such_weights_package"
     torch.save(payload, tmp_path / "orphan.pt")
