@@ -82,7 +82,11 @@ def resolve_encoder(spec: str, device: str = "cpu", runtime: str = "openvino") -
         encoder = load_encoder(path, device)
         encoder.use_backbone_runtime(runtime)
         return encoder, str(path.resolve()), file_sha256(path)
-    config = get_encoder_config(spec)
+    try:
+        config = get_encoder_config(spec)
+    except ValueError as error:
+        raise ValueError(f"{error}; shipped trained encoders: {', '.join(list_shipped_encoders()) or 'none'}; "
+                         "or give a checkpoint file") from None
     if not (config.get("family") == "openclip" and config.get("pretrained")):
         raise ValueError(f"encoder {spec!r} is an untrained architecture: train it (imgsearch train) and pass "
                          "the checkpoint file, name a shipped trained encoder "

@@ -200,7 +200,6 @@ class Encoder(nn.Module):
         if slim:
             external = self.package_weights()
             state = {k: v for k, v in state.items() if not any(k.startswith(f"{p}.") for p in external)}
-            extra = {k: v for k, v in extra.items() if k != "text_files"}
         if half:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         return {"format": CHECKPOINT_FORMAT, "family": self.family, "name": self.name,
@@ -214,13 +213,15 @@ class Encoder(nn.Module):
     def package_weights(self) -> list[str]:
         """Submodules (state-dict prefixes) that are frozen and loaded from a pip package, so a slim
         checkpoint need not carry them: the image backbone and a sentence-transformer text model."""
+        from models.encoders.text_towers import SentenceTransformerTower
+
         image, text = self.config.get("image", {}), self.config.get("text", {})
         prefixes = []
-        if image.get("freeze") and str(image.get("pretrained") or "").startswith("package:"):
-            prefixes.append("image_tower.backbone")
-        if (text.get("kind") == "sentence_transformer" and text.get("freeze", True)
-                and str(text.get("path") or "").startswith("package:")):
-            prefixes.append("text_tower.transformer")
+        if self.frozen_backbone() is not None and str(image.get("pretrained") or "").startswith("package:"):
+            prefixes.append("image_tower.backbone")  # wholly frozen: fine-tuned blocks stay in the file
+        if text.get("freeze", True) and str(text.get("path") or "").startswith("package:"):
+            prefixes += [f"{name}.transformer" for name, module in self.named_modules()
+                         if isinstance(module, SentenceTransformerTower)]
         own = self.state_dict()
         return [p for p in prefixes if any(k.startswith(f"{p}.") for k in own)]
 

@@ -1,8 +1,9 @@
 """Dual-Path (Zheng et al., "Dual-Path Convolutional Image-Text Embeddings with Instance Loss").
 
 Image path: the registry's CNN backbone + a projection. Text path: a deep residual TextCNN
-(`text_cnn.py`). Both are trained with the instance loss, one classifier shared by the two paths
-over the training images as classes (`losses.InstanceLoss`), and, in Stage II, with the
+(`text_cnn.py`), or a sentence-transformers model + MLP (`text.kind = "sentence_transformer"`).
+Both are trained with the instance loss, one classifier shared by the two paths over the training
+images as classes (`losses.InstanceLoss`), and, in Stage II, with the
 bidirectional ranking loss (hardest negative, as VSE++):
 
     Stage I  (epochs < stages.stage1_epochs): instance loss only; the image backbone frozen.
@@ -24,6 +25,7 @@ from models.data.records import ImageRecord
 from models.encoders.base import Encoder, l2_normalize
 from models.encoders.registry import register_family
 from models.encoders.text_cnn import TextCNNTower
+from models.encoders.text_towers import build_text_tower, sentence_tower_files
 from models.encoders.vse import ImageTower
 from models.losses import InstanceLoss, build_ranking_loss, ranking_loss
 from models.vocab import Vocabulary
@@ -37,16 +39,19 @@ class DualPath(Encoder):
     def __init__(self, name: str, config: dict[str, Any], vocab: Vocabulary | None = None,
                  extra: dict[str, Any] | None = None):
         super().__init__(name, config)
-        if vocab is None:
-            raise ValueError("the Dual-Path text CNN needs a vocabulary (built from the training captions)")
         text, instance = config.get("text", {}), config.get("instance_loss", {})
         stages = config.get("stages", {})
         self.image_tower = ImageTower(config.get("image", {}), self.embed_dim)
-        self.text_tower = TextCNNTower(vocab, self.embed_dim, word_dim=text.get("word_dim", 300),
-                                       max_length=text.get("max_length", 32),
-                                       channels=tuple(text.get("channels", (256, 512, 1024))),
-                                       blocks=tuple(text.get("blocks", (2, 2, 2))),
-                                       shift=text.get("position_shift", True), dropout=text.get("dropout", 0.0))
+        if text.get("kind", "textcnn") == "textcnn":
+            if vocab is None:
+                raise ValueError("the Dual-Path text CNN needs a vocabulary (built from the training captions)")
+            self.text_tower = TextCNNTower(vocab, self.embed_dim, word_dim=text.get("word_dim", 300),
+                                           max_length=text.get("max_length", 32),
+                                           channels=tuple(text.get("channels", (256, 512, 1024))),
+                                           blocks=tuple(text.get("blocks", (2, 2, 2))),
+                                           shift=text.get("position_shift", True), dropout=text.get("dropout", 0.0))
+        else:  # a sentence-transformers text path (text.kind = "sentence_transformer")
+            self.text_tower = build_text_tower(text, self.embed_dim, vocab, extra)
         self.instance_weight = float(instance.get("weight", 1.0))
         self.ranking_weight = float(config.get("loss", {}).get("weight", 1.0))
         self.stage1_epochs = int(stages.get("stage1_epochs", 0))
@@ -72,7 +77,7 @@ class DualPath(Encoder):
     def prepare_for_training(self, train_records: Sequence[ImageRecord]) -> None:
         """Start the word embedding from word vectors, when the config names a source."""
         source = self.config.get("text", {}).get("word_vectors")
-        if not source:
+        if not source or not isinstance(self.text_tower, TextCNNTower):
             return
         vocab, embedding = self.text_tower.vocab, self.text_tower.embed
         if source == "word2vec":
@@ -132,5 +137,9 @@ class DualPath(Encoder):
     def unknown_words(self, text: str) -> list[str]:
         return self.text_tower.unknown_words(text)
 
-    def vocabulary_words(self) -> list[str]:
-        return self.text_tower.vocab.words
+    def vocabulary_words(self) -> list[str] | None:
+        vocab = getattr(self.text_tower, "vocab", None)
+        return vocab.words if vocab is not None else None
+
+    def extra_state_for_checkpoint(self) -> dict[str, Any]:
+        return sentence_tower_files(self.text_tower)

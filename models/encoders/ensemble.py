@@ -13,6 +13,7 @@ joined afterwards (`imgsearch ensemble`); an ensemble is not trained as a whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from typing import Any
@@ -129,6 +130,7 @@ class Ensemble(Encoder):
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.__dict__.pop("_backbone_keys", None)  # the members' weights changed
         self._share_text_models()  # built from configs, the members' copies only now hold equal weights
         return result
 
@@ -148,14 +150,18 @@ class Ensemble(Encoder):
     def _join(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([l2_normalize(e) for e in embeddings], dim=1) / math.sqrt(len(embeddings))
 
-    @staticmethod
-    def _backbone_key(member: Encoder) -> tuple | None:
-        """Members with equal keys run the same frozen network on the same input."""
+    def _backbone_key(self, member: Encoder) -> tuple | None:
+        """Members with equal keys run the same frozen network (equal weights) on the same input."""
         tower = member.frozen_backbone()
         if tower is None:
             return None
-        image = member.config.get("image", {})
-        return (tower.backbone_name, str(image.get("pretrained")), tower.output, member.image_size)
+        keys = self.__dict__.setdefault("_backbone_keys", {})
+        if id(member) not in keys:
+            digest = hashlib.sha256()
+            for tensor in tower.backbone.state_dict().values():
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            keys[id(member)] = (tower.backbone_name, tower.output, member.image_size, digest.hexdigest())
+        return keys[id(member)]
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:

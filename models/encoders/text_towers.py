@@ -86,7 +86,8 @@ class SentenceTransformerTower(nn.Module):
         self.files = files if files is not None else self._read_files(resolve_sentence_model_dir(path))
         folder = self._materialise(self.files)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        if path is not None and files is None:
+        self.weights_from_checkpoint = path is None or files is not None
+        if not self.weights_from_checkpoint:
             self.transformer = AutoModel.from_pretrained(resolve_sentence_model_dir(path))
         else:  # weights come from our checkpoint's state_dict
             self.transformer = AutoModel.from_config(AutoConfig.from_pretrained(folder))
@@ -166,7 +167,8 @@ class SentenceTransformerTower(nn.Module):
         from models.io import atomic_torch_save
 
         unique = list(dict.fromkeys(texts))
-        digest = hashlib.sha256("\0".join(unique).encode())
+        digest = hashlib.sha256(f"{self.max_length}:{self.pooling}:{sorted(self.files.items())}".encode())
+        digest.update("\0".join(unique).encode())
         for tensor in self.transformer.state_dict().values():
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         cache_file = Path(cache_dir) / f"sentences-{digest.hexdigest()[:20]}.pt" if cache_dir else None
@@ -200,6 +202,32 @@ def build_text_tower(cfg: dict[str, Any], out_dim: int, vocab: Vocabulary | None
                             cfg.get("layers", 1), cfg.get("max_length", 32))
     if kind == "sentence_transformer":
         files = (extra or {}).get("text_files")
-        return SentenceTransformerTower(out_dim, None if files else cfg["path"], files, cfg.get("freeze", True),
+        path = cfg.get("path")
+        # A frozen model from an installed package loads from there (a slim checkpoint does not carry
+        # its weights); otherwise a checkpoint's own files rebuild it and its state holds the weights.
+        if files and not (cfg.get("freeze", True) and _package_installed(path)):
+            path = None
+        return SentenceTransformerTower(out_dim, path, None if path else files, cfg.get("freeze", True),
                                         cfg.get("max_length", 48), cfg.get("hidden_dim", 1024))
     raise ValueError(f"unknown text tower {kind!r}: expected 'gru', 'lstm' or 'sentence_transformer'")
+
+
+def _package_installed(path: str | None) -> bool:
+    import importlib.util
+
+    return bool(path) and path.startswith("package:") and importlib.util.find_spec(path.split(":", 1)[1]) is not None
+
+
+def sentence_tower_files(*towers: nn.Module) -> dict[str, Any]:
+    """A checkpoint's extras for sentence-transformers towers: their tokenizer/config files."""
+    for tower in towers:
+        if isinstance(tower, SentenceTransformerTower):
+            return {"text_files": tower.files}
+    return {}
+
+
+def share_sentence_model(first: nn.Module, second: nn.Module) -> None:
+    """Two heads over one frozen sentence encoder: one copy of it and one memo of its features."""
+    if (isinstance(first, SentenceTransformerTower) and isinstance(second, SentenceTransformerTower)
+            and first.freeze and second.freeze and first.files == second.files):
+        second.transformer, second._cache = first.transformer, first._cache

@@ -15,7 +15,7 @@ from torch import nn
 from models.encoders.base import BackboneFeatures, Encoder, l2_normalize
 from models.encoders.image_towers import BackboneTower
 from models.encoders.registry import register_family
-from models.encoders.text_towers import SentenceTransformerTower, build_text_tower
+from models.encoders.text_towers import build_text_tower, sentence_tower_files
 from models.losses import build_ranking_loss, ranking_loss
 from models.vocab import Vocabulary
 
@@ -64,6 +64,4 @@ class VSE(Encoder):
         return vocab.words if vocab is not None else None
 
     def extra_state_for_checkpoint(self) -> dict[str, Any]:
-        if isinstance(self.text_tower, SentenceTransformerTower):
-            return {"text_files": self.text_tower.files}
-        return {}
+        return sentence_tower_files(self.text_tower)

@@ -47,12 +47,16 @@ def crop_view(pixels: torch.Tensor, size: int, view: tuple[str, bool]) -> torch.
     return crop.flip(-1) if mirrored else crop
 
 
-def thumbnails(pixels: torch.Tensor, image_size: int, size: int) -> torch.Tensor:
-    """Centre crops scaled down to `size` px, uint8 (for families that also look at the pixels)."""
-    centre = crop_view(pixels, image_size, VIEWS[0]).float()
-    small = torch.nn.functional.interpolate(centre, size=(size, size), mode="bilinear", antialias=True,
-                                            align_corners=False)
-    return small.round().clamp(0, 255).to(torch.uint8)
+def thumbnails(pixels: torch.Tensor, image_size: int, size: int, batch_size: int = 256) -> torch.Tensor:
+    """Centre crops scaled down to `size` px, uint8 (for families that also look at the pixels);
+    in batches, so no float copy of the whole split is made."""
+    parts = []
+    for start in range(0, len(pixels), batch_size):
+        centre = crop_view(pixels[start:start + batch_size], image_size, VIEWS[0]).float()
+        small = torch.nn.functional.interpolate(centre, size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False)
+        parts.append(small.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(parts) if parts else torch.zeros(0, 3, size, size, dtype=torch.uint8)
 
 
 def cached_features(tower: BackboneTower, split: DecodedSplit, image_size: int, views: list[tuple[str, bool]],
@@ -101,8 +105,11 @@ def pick_views(features: BackboneFeatures) -> BackboneFeatures:
 
 
 def _cache_key(tower: BackboneTower, split: DecodedSplit, image_size: int, views: list[tuple[str, bool]]) -> str:
+    # fp32 runtimes agree with eager PyTorch to 1e-5; reduced precision gives other features.
+    precision = getattr(tower.runtime, "precision", "f32")
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{tower.backbone_name}:{tower.output}:{image_size}:{views}:"
-                            f"{tuple(split.pixels.shape)}:{tower.mean.tolist()}:{tower.std.tolist()}".encode())
+                            f"{tuple(split.pixels.shape)}:{tower.mean.tolist()}:{tower.std.tolist()}:"
+                            f"{precision}".encode())
     digest.update(files_fingerprint([r.path for r in split.records], split.pixels.shape[-1]).encode())
     for name, tensor in tower.backbone.state_dict().items():
         digest.update(name.encode())

@@ -27,7 +27,7 @@ from models.encoders.text_towers import SentenceTransformerTower
 from models.evaluation import RetrievalMetrics, evaluate_encoder
 from models.io import atomic_torch_save
 from models.training.config import TrainConfig
-from models.training.feature_cache import cached_features, choose_views, feature_split, pick_views
+from models.training.feature_cache import VIEWS, cached_features, choose_views, feature_split, pick_views
 from models.training.plots import plot_history
 from models.vocab import Vocabulary
 
@@ -198,7 +198,7 @@ def _with_cached_features(encoder: Encoder, train_split: DecodedSplit, val_split
     cache = Path(config.cache_dir) if config.cache_dir else None
     # Without the augmentation slack every crop is the centre: only mirroring can differ.
     count = config.feature_views if config.augment else min(config.feature_views, 1 + config.hflip)
-    views = choose_views(count, config.hflip)
+    views = choose_views(min(count, len(VIEWS) if config.hflip else len(VIEWS) // 2), config.hflip)
     size, thumbnail = encoder.image_size, encoder.thumbnail_size
     train = cached_features(tower, train_split, size, views, cache, progress=progress)
     val = cached_features(tower, val_split, size, views[:1], cache, progress=progress)[:, 0]

@@ -173,3 +173,24 @@ def test_sentence_transformer_tower(tmp_path, tiny_sentence_model, freeze):
 def test_missing_sentence_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a local sentence-transformers folder"):
         create_encoder("vse_resnet18_minilm", overrides={**TINY, "text": {"path": str(tmp_path)}})
+
+
+@pytest.mark.parametrize("name", ["dual_path_tiny", "gxn_tiny"])
+def test_dual_path_and_gxn_take_a_sentence_transformer_text_path(tmp_path, tiny_sentence_model, name):
+    text = {"kind": "sentence_transformer", "path": str(tiny_sentence_model), "freeze": True, "hidden_dim": 24}
+    config = {**get_encoder_config(name), "text": text}
+    if name == "dual_path_tiny":
+        config["instance_loss"] = {"weight": 1.0, "classes": 3}
+    assert needs_vocabulary(config) == (name == "gxn_tiny")  # GXN's caption decoder still writes words
+    encoder = create_encoder(name, vocab=VOCAB if name == "gxn_tiny" else None, config=config)
+    _check_interface(encoder)
+    if name == "gxn_tiny":  # two heads (abstract, concrete) over one copy of the sentence encoder
+        assert encoder.text_high.transformer is encoder.text_low.transformer
+    encoder.train()
+    encoder.training_losses(_images(), CAPTIONS, epoch=2, image_ids=torch.arange(3))["loss"].backward()
+    encoder.eval()
+    loaded = load_encoder(encoder.save(tmp_path / "st.pt"))
+    assert torch.allclose(loaded.encode_text(CAPTIONS), encoder.encode_text(CAPTIONS), atol=1e-5)
+    if name == "gxn_tiny":
+        assert loaded.text_high.transformer is loaded.text_low.transformer
+        assert loaded.vocabulary_words() == VOCAB.words
