@@ -148,7 +148,7 @@ def main() -> None:
         print(line)
     Path(args.out).write_text(json.dumps({
         "encoder": encoder.name, "image_size": size, "batch_size": args.batch_size, "threads": args.threads,
-        "pipeline_images": len(paths), "checkpoint": args.checkpoint, "machine": platform.processor() or "cpu",
+        "pipeline_images": len(paths), "checkpoint": args.checkpoint, "machine": platform.machine(),
         "rows": rows}, indent=1))
     print(f"wrote {args.out}")
 

@@ -37,9 +37,10 @@ def member_spec(encoder: Encoder) -> dict[str, Any]:
 def ensemble_config(members: list[Encoder]) -> dict[str, Any]:
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two members")
-    # Images are decoded at the largest member's size; each member resizes to its own.
+    # Images are decoded at the smallest member's size and scaled up for the others, as their
+    # training views were (a second downscaling would blur the smaller members' input).
     return {"family": "ensemble", "embed_dim": sum(m.embed_dim for m in members),
-            "image_size": max(m.image_size for m in members),
+            "image_size": min(m.image_size for m in members),
             "members": [member_spec(m) for m in members]}
 
 

@@ -231,7 +231,7 @@ def test_an_ensemble_scores_the_mean_cosine_and_shares_its_frozen_backbone(tmp_p
     # Members of other sizes each see the images at their own size.
     small = _lite_vse(image_size=32)
     mixed = Ensemble.join("mixed", [first, small])
-    assert mixed.image_size == 64
+    assert mixed.image_size == 32
     expected = sum(m.encode_image(pixels) @ m.encode_text(texts).t() for m in (first, small)) / 2
     assert torch.allclose(mixed.encode_image(pixels) @ mixed.encode_text(texts).t(), expected, atol=1e-5)
 
