@@ -63,7 +63,7 @@ def main() -> None:
         query = QueryImage(image_id=found.id)
         terms = [WeightedTerm(1, image=query), WeightedTerm(-1, text=minus), WeightedTerm(1, text=plus)]
         composed = service.compose(terms, "image", SHOWN, exclude_ids={found.id}, index="photos")
-        label = f'photo − "{minus}" + "{plus}"'
+        label = f'photo - "{minus}" + "{plus}"'
         rows.append((label, found, composed.results))
         report.append({"query_photo": _describe(found), "minus": minus, "plus": plus,
                        "results": [_describe(r) for r in composed.results]})
