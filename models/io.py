@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
@@ -16,3 +17,12 @@ def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     torch.save(obj, temporary)
     temporary.replace(path)
     return path
+
+
+def digest_weights(digest: Any, module: nn.Module) -> Any:
+    """Feed a module's state (names and values) into a hashlib digest: a cache key that changes
+    whenever the weights do. Returns the digest."""
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest

@@ -199,7 +199,7 @@ class Encoder(nn.Module):
         state, extra, external = self.state_dict(), self.extra_state_for_checkpoint(), []
         if slim:
             external = self.package_weights()
-            state = {k: v for k, v in state.items() if not any(k.startswith(f"{p}.") for p in external)}
+            state = {k: v for k, v in state.items() if not under_prefixes(k, external)}
         if half:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         return {"format": CHECKPOINT_FORMAT, "family": self.family, "name": self.name,
@@ -223,7 +223,7 @@ class Encoder(nn.Module):
             prefixes += [f"{name}.transformer" for name, module in self.named_modules()
                          if isinstance(module, SentenceTransformerTower)]
         own = self.state_dict()
-        return [p for p in prefixes if any(k.startswith(f"{p}.") for k in own)]
+        return [p for p in prefixes if any(under_prefixes(k, [p]) for k in own)]
 
     @staticmethod
     def load(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
@@ -231,6 +231,11 @@ class Encoder(nn.Module):
         from models.encoders.registry import load_encoder
 
         return load_encoder(path, device)
+
+
+def under_prefixes(key: str, prefixes: Sequence[str]) -> bool:
+    """Whether a state-dict key lies in one of the submodules named by `prefixes`."""
+    return any(key.startswith(f"{prefix}.") for prefix in prefixes)
 
 
 def encode_in_batches(encode: Callable[[Any], torch.Tensor], items: Sequence | torch.Tensor | BackboneFeatures,

@@ -14,7 +14,6 @@ joined afterwards (`imgsearch ensemble`); an ensemble is not trained as a whole.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from typing import Any
 
@@ -24,7 +23,8 @@ from torch import nn
 from models.data import BackboneFeatures
 from models.encoders.base import Encoder, ImageBatch, l2_normalize
 from models.encoders.registry import family_class, register_family
-from models.encoders.text_towers import SentenceTransformerTower
+from models.encoders.text_towers import SentenceTransformerTower, share_sentence_model
+from models.io import digest_weights
 from models.vocab import Vocabulary
 
 
@@ -70,6 +70,7 @@ class Ensemble(Encoder):
             for spec in specs)
         if sum(m.embed_dim for m in self.members) != self.embed_dim:
             raise ValueError("ensemble: embed_dim must be the sum of the members' embed_dim")
+        self._backbone_keys: dict[int, tuple] = {}  # per member: what decides sharing a backbone pass
         self._share_text_models()
 
     @classmethod
@@ -78,6 +79,7 @@ class Ensemble(Encoder):
         ensemble = cls.__new__(cls)
         Encoder.__init__(ensemble, name, ensemble_config(members))
         ensemble.members = nn.ModuleList(members)
+        ensemble._backbone_keys = {}
         ensemble._share_text_models()
         return ensemble.eval()
 
@@ -131,22 +133,17 @@ class Ensemble(Encoder):
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True, assign: bool = False) -> Any:
         result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self.__dict__.pop("_backbone_keys", None)  # the members' weights changed
+        self._backbone_keys = {}  # the members' weights changed
         self._share_text_models()  # built from configs, the members' copies only now hold equal weights
         return result
 
     # --- helpers ------------------------------------------------------------------------------
     def _share_text_models(self) -> None:
         """Members on one frozen sentence encoder use one copy of it and one memo of its features."""
-        first: dict[str, SentenceTransformerTower] = {}
-        for member in self.members:
-            tower = getattr(member, "text_tower", None)
-            if not isinstance(tower, SentenceTransformerTower) or not tower.freeze:
-                continue
-            key = json.dumps(tower.files, sort_keys=True)
-            if key in first and _same_weights(first[key].transformer, tower.transformer):
-                tower.transformer, tower._cache = first[key].transformer, first[key]._cache
-            first.setdefault(key, tower)
+        towers = [m.text_tower for m in self.members if isinstance(getattr(m, "text_tower", None),
+                                                                      SentenceTransformerTower)]
+        for i, tower in enumerate(towers):
+            any(share_sentence_model(earlier, tower) for earlier in towers[:i])
 
     def _join(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([l2_normalize(e) for e in embeddings], dim=1) / math.sqrt(len(embeddings))
@@ -156,15 +153,7 @@ class Ensemble(Encoder):
         tower = member.frozen_backbone()
         if tower is None:
             return None
-        keys = self.__dict__.setdefault("_backbone_keys", {})
-        if id(member) not in keys:
-            digest = hashlib.sha256()
-            for tensor in tower.backbone.state_dict().values():
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-            keys[id(member)] = (tower.backbone_name, tower.output, member.image_size, digest.hexdigest())
-        return keys[id(member)]
-
-
-def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    other = b.state_dict()
-    return all(torch.equal(value, other[key]) for key, value in a.state_dict().items())
+        if id(member) not in self._backbone_keys:
+            weights = digest_weights(hashlib.sha256(), tower.backbone).hexdigest()
+            self._backbone_keys[id(member)] = (tower.backbone_name, tower.output, member.image_size, weights)
+        return self._backbone_keys[id(member)]

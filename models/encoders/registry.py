@@ -16,7 +16,13 @@ from typing import Any
 
 import torch
 
-from models.encoders.base import CHECKPOINT_FORMAT, CheckpointError, Encoder, PretrainedUnavailableError
+from models.encoders.base import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    Encoder,
+    PretrainedUnavailableError,
+    under_prefixes,
+)
 from models.vocab import Vocabulary
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -134,7 +140,7 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
         encoder = families[payload["family"]](payload["name"], config, vocab=vocab, extra=payload.get("extra"))
         _check_package_towers(encoder, external)
         missing, unexpected = encoder.load_state_dict(payload["state_dict"], strict=False)
-        missing = [k for k in missing if not any(k.startswith(f"{p}.") for p in external)]
+        missing = [k for k in missing if not under_prefixes(k, external)]
         if missing or unexpected:
             raise RuntimeError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except (PretrainedUnavailableError, FileNotFoundError) as error:  # a weights package is not installed

@@ -164,13 +164,12 @@ class SentenceTransformerTower(nn.Module):
 
         from tqdm import tqdm
 
-        from models.io import atomic_torch_save
+        from models.io import atomic_torch_save, digest_weights
 
         unique = list(dict.fromkeys(texts))
         digest = hashlib.sha256(f"{self.max_length}:{self.pooling}:{sorted(self.files.items())}".encode())
         digest.update("\0".join(unique).encode())
-        for tensor in self.transformer.state_dict().values():
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest_weights(digest, self.transformer)
         cache_file = Path(cache_dir) / f"sentences-{digest.hexdigest()[:20]}.pt" if cache_dir else None
         if cache_file is not None and cache_file.is_file():
             features = torch.load(cache_file, weights_only=True)
@@ -226,8 +225,15 @@ def sentence_tower_files(*towers: nn.Module) -> dict[str, Any]:
     return {}
 
 
-def share_sentence_model(first: nn.Module, second: nn.Module) -> None:
-    """Two heads over one frozen sentence encoder: one copy of it and one memo of its features."""
-    if (isinstance(first, SentenceTransformerTower) and isinstance(second, SentenceTransformerTower)
+def share_sentence_model(first: nn.Module, second: nn.Module) -> bool:
+    """Two heads over one frozen sentence encoder: one copy of it and one memo of its features,
+    when both are frozen copies of the same model with equal weights. Returns whether they share."""
+    if not (isinstance(first, SentenceTransformerTower) and isinstance(second, SentenceTransformerTower)
             and first.freeze and second.freeze and first.files == second.files):
+        return False
+    if first.transformer is not second.transformer:
+        theirs = second.transformer.state_dict()
+        if not all(torch.equal(value, theirs[key]) for key, value in first.transformer.state_dict().items()):
+            return False
         second.transformer, second._cache = first.transformer, first._cache
+    return True

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from models.data import BackboneFeatures, DecodedSplit
 from models.data.images import files_fingerprint
 from models.encoders.image_towers import BackboneTower
-from models.io import atomic_torch_save
+from models.io import atomic_torch_save, digest_weights
 
 CACHE_FORMAT = 1
 # (crop anchor, mirrored): the centre first, then the four corners, each also mirrored.
@@ -111,7 +111,4 @@ def _cache_key(tower: BackboneTower, split: DecodedSplit, image_size: int, views
                             f"{tuple(split.pixels.shape)}:{tower.mean.tolist()}:{tower.std.tolist()}:"
                             f"{precision}".encode())
     digest.update(files_fingerprint([r.path for r in split.records], split.pixels.shape[-1]).encode())
-    for name, tensor in tower.backbone.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:20]
+    return digest_weights(digest, tower.backbone).hexdigest()[:20]

@@ -71,8 +71,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     optimizer = torch.optim.AdamW(_parameter_groups(encoder, config.lr), lr=config.lr,
                                   weight_decay=config.weight_decay)
     discriminator_optimizer = encoder.discriminator_optimizer()
-    pairs = len(train_split.pairs.captions) if config.epoch_pairs == "all_captions" else len(train_split)
-    steps_per_epoch = math.ceil(pairs / config.batch_size)
+    steps_per_epoch = math.ceil(_pairs_per_epoch(train_split, config) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
     history: list[dict] = state["history"] if state else []
     best_rsum = max((h["val"]["rsum"] for h in history), default=-1.0)
@@ -210,9 +209,11 @@ def _precompute_frozen_text(encoder: Encoder, splits: list[DecodedSplit], config
     """A frozen sentence encoder's features of every caption, computed once (cached on disk)."""
     captions = [c for split in splits for c in split.pairs.captions]
     cache = Path(config.cache_dir) if config.cache_dir else None
+    done: set[int] = set()  # towers sharing one model (GXN's two heads) share its memo too
     for module in encoder.modules():
-        if isinstance(module, SentenceTransformerTower) and module.freeze:
+        if isinstance(module, SentenceTransformerTower) and module.freeze and id(module.transformer) not in done:
             module.precompute(captions, cache, progress)
+            done.add(id(module.transformer))
 
 
 def _training_images(pixels: torch.Tensor | BackboneFeatures, batch: torch.Tensor, size: int,
@@ -278,9 +279,13 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
             "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9), "images_seen": seen}
 
 
+def _pairs_per_epoch(split: DecodedSplit, config: TrainConfig) -> int:
+    return len(split.pairs.captions) if config.epoch_pairs == "all_captions" else len(split)
+
+
 def _epoch_batches(split: DecodedSplit, config: TrainConfig) -> list[torch.Tensor]:
     """Shuffled batches of image indices (one_per_image) or caption indices (all_captions)."""
-    count = len(split.pairs.captions) if config.epoch_pairs == "all_captions" else len(split)
+    count = _pairs_per_epoch(split, config)
     order = torch.randperm(count)
     batches = [order[i:i + config.batch_size] for i in range(0, count, config.batch_size)]
     return [b for b in batches if len(b) >= 2]  # a batch of one has no negatives
