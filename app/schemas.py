@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_K = 100
 MAX_OFFSET = 1000
@@ -16,17 +16,27 @@ class ImageRef(BaseModel):
     thumbnail_url: str
 
 
+RELEVANCE = ("how likely the hit matches the query, 0-1: the score calibrated on the gallery's own "
+             "caption-image pairs when the index was built (absent for a gallery without captions)")
+
+
 class ImageHit(ImageRef):
     score: float = Field(description="cosine similarity to the query (inner product of unit vectors)")
+    relevance: float | None = Field(None, description=RELEVANCE)
     captions: list[str]
 
 
 class CaptionHit(BaseModel):
-    id: int
+    id: int = Field(description="the best-scoring caption with this text")
     text: str
     source: str
-    score: float
-    image: ImageRef
+    score: float = Field(description="cosine similarity to the query (inner product of unit vectors)")
+    relevance: float | None = Field(None, description=RELEVANCE)
+    image: ImageRef = Field(description="the image of the best-scoring caption with this text")
+    count: int = Field(1, description="how many of the captions found for the query have this text "
+                                      "(identical texts are one result unless collapse=false)")
+    images: list[ImageRef] = Field(default_factory=list, description="the images those captions describe, "
+                                                                     "best first (at most 10)")
 
 
 class SearchResponse(BaseModel):
@@ -38,6 +48,8 @@ class SearchResponse(BaseModel):
     offset: int
     results: list[ImageHit] | list[CaptionHit]
     warnings: list[str] = Field(default_factory=list, description="e.g. query words the encoder does not know")
+    notes: list[str] = Field(default_factory=list, description="how the query was read, e.g. a plural as its "
+                                                               "singular or 'grey' as 'gray'")
     timings_ms: dict[str, float] = Field(default_factory=dict,
                                          description="server time per stage: encode, search, metadata "
                                                      "(and describe, for a generated caption)")
@@ -56,6 +68,8 @@ class TextQuery(BaseModel):
 
 
 class Term(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     """One term of a query: a text, a gallery image id, or the i-th uploaded file; with a weight
     (negative to subtract)."""
 
@@ -66,13 +80,17 @@ class Term(BaseModel):
 
 
 class ComposeQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt or misplaced field is an error, not ignored
+
     terms: list[Term] = Field(min_length=1, max_length=16)
     target: Literal["image", "caption"] = "image"
     k: int = Field(10, ge=1, le=MAX_K)
     offset: int = Field(0, ge=0, le=MAX_OFFSET)
-    min_score: float | None = Field(None, ge=-1, le=1)
+    min_score: float | None = Field(None, ge=-1, le=1, description="drop results whose raw cosine is below this")
+    min_relevance: float | None = Field(None, ge=0, le=1, description="drop results whose relevance is below this")
     rerank_top: int | None = Field(None, ge=2, le=1000)
     index: str | None = None
+    collapse: bool = Field(True, description="captions: identical texts as one result")
 
 
 class EmbedResponse(BaseModel):

@@ -22,6 +22,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from indexer import faiss_index, store
+from indexer.calibration import fit_calibration
 from indexer.catalogue import CaptionRow, ImageRow, IndexEntry, IndexVersion, utc_now
 from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, file_sha256, scan_changes
 from indexer.pipeline import encode_image_files, encode_texts
@@ -458,11 +459,14 @@ def _write_version_files(directory: Path, arrays: dict[str, np.ndarray], version
                                "recall": recall, "count": int(len(vectors))}
     for key, array in arrays.items():
         np.save(directory / f"{key}.npy", array)
+    calibration = fit_calibration(arrays["image_ids"], arrays["image_vectors"], arrays["caption_image_ids"],
+                                  arrays["caption_vectors"])
     manifest = {"name": version.index_name, "version": version.version, "encoder_name": encoder.name,
                 "encoder_path": version.encoder_path, "checkpoint_hash": version.checkpoint_hash,
                 "embed_dim": encoder.embed_dim, "metric": "inner_product", "gallery": version.gallery,
                 "image_index": described["image"], "caption_index": described["caption"],
                 "image_count": int(len(arrays["image_ids"])), "caption_count": int(len(arrays["caption_ids"])),
+                "calibration": calibration.as_dict() if calibration else None,
                 "built_at": utc_now().isoformat(), "build_seconds": time.perf_counter() - started, "gpu": gpu}
     (directory / "encoder.sha256").write_text(version.checkpoint_hash + "\n")
     (directory / store.MANIFEST).write_text(json.dumps(manifest, indent=1))

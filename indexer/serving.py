@@ -20,6 +20,7 @@ import faiss
 import numpy as np
 
 from indexer import faiss_index, store
+from indexer.calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ class LoadedVersion:
         # and the vector file is opened while its version directory surely exists.
         _ = loaded._image_positions, loaded._image_vectors
         return loaded
+
+    @cached_property
+    def calibration(self) -> Calibration | None:
+        """Maps this version's scores to relevance (None for a gallery without captions)."""
+        return Calibration.from_manifest(self.manifest)
 
     @cached_property
     def _image_positions(self) -> dict[int, int]:

@@ -82,6 +82,16 @@ class HardNegativeSchedule(nn.Module):
             return 1.0
         return min(1.0, (epoch - self.warmup_epochs + 1) / (self.anneal_epochs + 1))
 
+    def describe(self, epoch: int) -> str:
+        """What the loss of `epoch` is, for the progress line: its scale changes as the hardest
+        negative takes over (a loss jumping from 39 to 55 then is the schedule, not a failure)."""
+        weight = self.max_weight(epoch)
+        if weight == 0.0:
+            return "sum of hinges (warm-up)"
+        if weight >= 1.0:
+            return "hardest negatives"
+        return f"hardest negatives {weight:.0%}, sum of hinges {1 - weight:.0%}"
+
     def forward(self, scores: torch.Tensor, epoch: int = 10**9) -> torch.Tensor:
         weight = self.max_weight(epoch)
         if weight >= 1.0:

@@ -3,7 +3,7 @@
 "use strict";
 
 const PAGE = 24;
-const state = { mode: "text", page: null, offset: 0, upload: null };
+const state = { mode: "text", page: null, offset: 0, upload: null, best: null };
 const $ = (selector) => document.querySelector(selector);
 
 function setStatus(message, isError = false) {
@@ -20,17 +20,27 @@ function showMode(mode) {
   for (const link of document.querySelectorAll(".modes a")) link.classList.toggle("active", link.dataset.mode === mode);
 }
 
+// A score a person can read: the calibrated relevance when the index has one, else the share of
+// the best hit's score; the raw cosine stays in the tooltip.
+function score(hit) {
+  const label = hit.relevance != null ? `${Math.round(100 * hit.relevance)}% match`
+                                      : `${Math.round(100 * hit.score / (state.best || hit.score))}% of best`;
+  return `<span class="score" data-score="${hit.score}" title="cosine similarity ${hit.score.toFixed(3)}">${label}</span>`;
+}
+
 function imageCard(hit) {
   const caption = hit.captions && hit.captions.length ? hit.captions[0] : hit.path;
-  return `<li class="card"><img src="${hit.thumbnail_url}" alt="${escapeHtml(caption)}" loading="lazy">
-    <span class="score">${hit.score.toFixed(3)}</span><span class="caption">${escapeHtml(caption)}</span>
+  return `<li class="card"><img src="${hit.thumbnail_url}" alt="${escapeHtml(caption)}" width="160" height="160">
+    ${score(hit)}<span class="caption">${escapeHtml(caption)}</span>
     <button type="button" class="use" data-id="${hit.id}">use as query</button></li>`;
 }
 
 function captionItem(hit) {
-  return `<li><button type="button" class="use thumb" data-id="${hit.image.id}" title="use this image as the query">
-    <img src="${hit.image.thumbnail_url}" alt=""></button>
-    <span class="text">${escapeHtml(hit.text)}</span> <span class="score">${hit.score.toFixed(3)}</span></li>`;
+  const images = hit.images && hit.images.length ? hit.images : [hit.image];
+  const thumbs = images.slice(0, 4).map((image) => `<button type="button" class="use thumb" data-id="${image.id}"
+    title="use this image as the query"><img src="${image.thumbnail_url}" alt="image ${image.id}" width="64" height="64"></button>`).join("");
+  const count = hit.count > 1 ? ` <span class="count" title="${hit.count} captions with this text">×${hit.count}</span>` : "";
+  return `<li><span class="thumbs">${thumbs}</span><span class="text">${escapeHtml(hit.text)}</span>${count} ${score(hit)}</li>`;
 }
 
 // GXN encoders also generate: a caption for the query image, an image for the query text.
@@ -48,11 +58,13 @@ function generated(response) {
 
 function render(response, append) {
   const captions = response.mode.endsWith("caption");
+  if (!append) state.best = response.results.length ? response.results[0].score : null;
   const items = response.results.map(captions ? captionItem : imageCard).join("");
   let list = $("#results > ul, #results > ol");
   if (!append || !list) {
     const warnings = response.warnings.map((w) => `<p class="warning">${escapeHtml(w)}</p>`).join("");
-    $("#results").innerHTML = `${warnings}${generated(response)}<${captions ? "ol class=\"captions\"" : "ul class=\"grid\""}></${captions ? "ol" : "ul"}>`;
+    const notes = (response.notes || []).map((n) => `<p class="note">${escapeHtml(n)}</p>`).join("");
+    $("#results").innerHTML = `${warnings}${notes}${generated(response)}<${captions ? "ol class=\"captions\"" : "ul class=\"grid\""}></${captions ? "ol" : "ul"}>`;
     list = $("#results > ul, #results > ol");
   }
   list.insertAdjacentHTML("beforeend", items || (append ? "" : "<li>No results.</li>"));
@@ -107,7 +119,21 @@ const queries = {
   },
 };
 
+function clearResults() {
+  $("#results").innerHTML = "";
+  $("#more").hidden = true;
+}
+
+// An error replaces the results: a red line above the previous query's answers reads as if
+// those answered this query.
+function showError(message) {
+  clearResults();
+  state.page = null;
+  setStatus(message, true);
+}
+
 async function run(append = false) {
+  if (append && !state.page) return;
   try {
     if (!append) {
       state.page = queries[state.mode]();
@@ -120,17 +146,33 @@ async function run(append = false) {
     setStatus("");
     render(response, append);
   } catch (error) {
-    setStatus(error.message, true);
+    if (state.upload && !append) forgetUpload();  // the server could not read it: do not show it as the query
+    showError(error.message);
   }
+}
+
+function showQueryImage(dropzone, src, alt) {
+  let preview = dropzone.querySelector("img.query-thumb");
+  if (!preview) { preview = document.createElement("img"); preview.className = "query-thumb"; dropzone.appendChild(preview); }
+  preview.onerror = () => preview.remove();  // e.g. an id not in the gallery: no broken-image icon
+  preview.src = src;
+  preview.alt = alt;
+}
+
+function forgetUpload() {
+  state.upload = null;
+  for (const img of document.querySelectorAll(".query-thumb")) img.remove();
 }
 
 function acceptFile(file, dropzone) {
   if (!file) return;
+  if (!file.type.startsWith("image/")) {
+    forgetUpload();
+    showError(`${file.name} is not an image: choose a JPEG, PNG, WebP, GIF or BMP file.`);
+    return;
+  }
   state.upload = file;
-  let preview = dropzone.querySelector("img.query-thumb");
-  if (!preview) { preview = document.createElement("img"); preview.className = "query-thumb"; dropzone.appendChild(preview); }
-  preview.src = URL.createObjectURL(file);
-  preview.alt = `query image ${file.name}`;
+  showQueryImage(dropzone, URL.createObjectURL(file), `query image ${file.name}`);
   for (const idInput of document.querySelectorAll("#image-id, #arith-id")) idInput.value = "";
   if (state.mode === "image") run();
 }
@@ -156,11 +198,14 @@ function addChip(kind) {
   $("#word").focus();
 }
 
+// "use as query": the clicked image becomes the query, shown at the top with its captions below.
 function useAsQuery(id) {
-  state.upload = null;
+  forgetUpload();
   showMode("image");
   $("#image-id").value = id;
-  for (const img of document.querySelectorAll(".query-thumb")) img.remove();
+  showQueryImage($("#image-drop"), `/images/${id}/thumb`, `query image ${id}`);
+  clearResults();
+  window.scrollTo({ top: 0 });
   run();
 }
 
@@ -168,8 +213,15 @@ document.addEventListener("DOMContentLoaded", () => {
   const params = new URLSearchParams(location.search);
   showMode(["text", "image", "arith"].includes(params.get("mode")) ? params.get("mode") : "text");
   for (const link of document.querySelectorAll(".modes a")) {
-    link.addEventListener("click", (event) => { event.preventDefault(); showMode(link.dataset.mode);
-      history.pushState({}, "", `?mode=${link.dataset.mode}`); });
+    link.addEventListener("click", (event) => {
+      event.preventDefault();
+      if (link.dataset.mode === state.mode) return;
+      showMode(link.dataset.mode);
+      clearResults();
+      setStatus("");
+      state.page = null;
+      history.pushState({}, "", `?mode=${link.dataset.mode}`);
+    });
   }
   for (const [formId, mode] of [["#text-form", "text"], ["#image-form", "image"], ["#arith-form", "arith"]]) {
     $(formId).addEventListener("submit", (event) => { event.preventDefault(); state.mode = mode; run(); });
@@ -185,11 +237,20 @@ document.addEventListener("DOMContentLoaded", () => {
     if (button) useAsQuery(button.dataset.id);
   });
   $("#more").addEventListener("click", () => run(true));
+  for (const prefix of ["image", "arith"]) {  // a typed gallery id shows its image as the query
+    const idInput = $(`#${prefix}-id`);
+    idInput.addEventListener("change", () => {
+      forgetUpload();
+      if (idInput.value) showQueryImage($(`#${prefix}-drop`), `/images/${idInput.value}/thumb`, `query image ${idInput.value}`);
+    });
+  }
   window.addEventListener("popstate", () => location.reload());
   // A server-rendered first page can be continued with "more".
   if ($("#results li.card, #results ol.captions li") && (params.get("q") || params.get("id"))) {
     state.page = queries[state.mode]();
-    state.offset = document.querySelectorAll("#results li").length;
+    state.offset = document.querySelectorAll("#results li.card, #results ol.captions > li").length;
+    const first = $("#results .score");
+    state.best = first ? Number(first.dataset.score) : null;
     $("#more").hidden = state.offset < PAGE;
   }
 });

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, Response, UploadFile
 from pydantic import ValidationError
 
 from app.deps import SearchDep, ServedDep, SettingsDep
@@ -12,7 +12,7 @@ from app.schemas import MAX_K, MAX_OFFSET, ComposeQuery, EmbedResponse, ImageDet
 from app.services import catalogue_queries as queries
 from app.services.errors import BadQuery, NotFound
 from app.services.images import decode_upload
-from app.services.search import QueryImage, WeightedTerm, thumbnail_url
+from app.services.search import Cutoff, QueryImage, WeightedTerm, thumbnail_url
 
 router = APIRouter(prefix="/api", tags=["search"])
 
@@ -25,7 +25,12 @@ def as_json(response: SearchResponse) -> Response:
 
 K = Annotated[int, Query(ge=1, le=MAX_K, description="results per page")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip (paging)")]
-MinScore = Annotated[float | None, Query(ge=-1, le=1, description="drop results scoring below this")]
+MIN_SCORE_HELP = "drop results whose raw cosine similarity is below this"
+MIN_RELEVANCE_HELP = "drop results whose relevance (the calibrated score, 0-1) is below this"
+COLLAPSE_HELP = "captions: identical texts as one result, with their count and images"
+MinScore = Annotated[float | None, Query(ge=-1, le=1, description=MIN_SCORE_HELP)]
+MinRelevance = Annotated[float | None, Query(ge=0, le=1, description=MIN_RELEVANCE_HELP)]
+Collapse = Annotated[bool, Query(description=COLLAPSE_HELP)]
 IndexName = Annotated[str | None, Query(description="which served index/encoder (default: the configured one)")]
 Target = Literal["image", "caption"]
 ImageId = Annotated[int, Query(ge=1, le=2**62, description="a gallery image id")]
@@ -42,17 +47,19 @@ async def read_query_image(upload: UploadFile | None, image_id: int | None, max_
 
 @router.get("/search/text", response_model=SearchResponse, summary="Text -> images (or captions)")
 async def search_text(search: SearchDep, q: Annotated[str, Query(description="the query text")], k: K = 10,
-                offset: Offset = 0, min_score: MinScore = None, index: IndexName = None,
-                target: Target = "image") -> Response:
-    return as_json(await search.run(search.text_to, target, q, k, offset, min_score, index))
+                      offset: Offset = 0, min_score: MinScore = None, min_relevance: MinRelevance = None,
+                      index: IndexName = None, target: Target = "image") -> Response:
+    cutoff = Cutoff(min_score, min_relevance)
+    return as_json(await search.run(search.text_to, target, q, k, offset, cutoff, index))
 
 
 @router.get("/search/image", response_model=SearchResponse, summary="Gallery image -> captions (or images)")
 async def search_image_by_id(search: SearchDep, image_id: ImageId, k: K = 10, offset: Offset = 0,
-                       min_score: MinScore = None, index: IndexName = None,
-                       target: Target = "caption") -> Response:
-    query = QueryImage(image_id=image_id)
-    return as_json(await search.run(search.image_to, target, query, k, offset, min_score, index))
+                             min_score: MinScore = None, min_relevance: MinRelevance = None,
+                             index: IndexName = None, target: Target = "caption", collapse: Collapse = True
+                             ) -> Response:
+    query, cutoff = QueryImage(image_id=image_id), Cutoff(min_score, min_relevance)
+    return as_json(await search.run(search.image_to, target, query, k, offset, cutoff, index, collapse))
 
 
 @router.post("/search/image", response_model=SearchResponse, summary="Uploaded image -> captions (or images)")
@@ -61,21 +68,28 @@ async def search_image_upload(search: SearchDep, settings: SettingsDep,
                               image_id: Annotated[int | None, Form(ge=1, le=2**62)] = None,
                               k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
                               offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
-                              min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
+                              min_score: Annotated[float | None, Form(ge=-1, le=1, description=MIN_SCORE_HELP)] = None,
+                              min_relevance: Annotated[float | None, Form(ge=0, le=1,
+                                                                          description=MIN_RELEVANCE_HELP)] = None,
                               index: Annotated[str | None, Form()] = None,
-                              target: Annotated[Target, Form()] = "caption") -> Response:
+                              target: Annotated[Target, Form()] = "caption",
+                              collapse: Annotated[bool, Form(description=COLLAPSE_HELP)] = True) -> Response:
     query = await read_query_image(file, image_id, settings.max_upload_bytes)
-    return as_json(await search.run(search.image_to, target, query, k, offset, min_score, index))
+    cutoff = Cutoff(min_score, min_relevance)
+    return as_json(await search.run(search.image_to, target, query, k, offset, cutoff, index, collapse))
 
 
 @router.get("/search/arithmetic", response_model=SearchResponse, summary="Gallery image - words + words -> images")
 async def arithmetic_by_id(search: SearchDep, image_id: ImageId, minus: Annotated[list[str], Query()] = (),
-                     plus: Annotated[list[str], Query()] = (), minus_weight: Annotated[float, Query(gt=0, le=10)] = 1,
-                     plus_weight: Annotated[float, Query(gt=0, le=10)] = 1,
-                     rerank_top: Annotated[int | None, Query(ge=2, le=1000)] = None, k: K = 10, offset: Offset = 0,
-                     min_score: MinScore = None, index: IndexName = None) -> Response:
+                           plus: Annotated[list[str], Query()] = (),
+                           minus_weight: Annotated[float, Query(gt=0, le=10)] = 1,
+                           plus_weight: Annotated[float, Query(gt=0, le=10)] = 1,
+                           rerank_top: Annotated[int | None, Query(ge=2, le=1000)] = None, k: K = 10,
+                           offset: Offset = 0, min_score: MinScore = None, min_relevance: MinRelevance = None,
+                           index: IndexName = None) -> Response:
     return as_json(await search.run(search.arithmetic, QueryImage(image_id=image_id), list(minus), list(plus), k,
-                                    offset, min_score, minus_weight, plus_weight, rerank_top, index))
+                                    offset, Cutoff(min_score, min_relevance), minus_weight, plus_weight,
+                                    rerank_top, index))
 
 
 @router.post("/search/arithmetic", response_model=SearchResponse, summary="Image (upload or id) - words + words")
@@ -88,18 +102,27 @@ async def arithmetic_upload(search: SearchDep, settings: SettingsDep,
                             rerank_top: Annotated[int | None, Form(ge=2, le=1000)] = None,
                             k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
                             offset: Annotated[int, Form(ge=0, le=MAX_OFFSET)] = 0,
-                            min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
+                            min_score: Annotated[float | None, Form(ge=-1, le=1, description=MIN_SCORE_HELP)] = None,
+                            min_relevance: Annotated[float | None, Form(ge=0, le=1,
+                                                                        description=MIN_RELEVANCE_HELP)] = None,
                             index: Annotated[str | None, Form()] = None) -> Response:
     query = await read_query_image(file, image_id, settings.max_upload_bytes)
-    return as_json(await search.run(search.arithmetic, query, list(minus), list(plus), k, offset, min_score,
-                                    minus_weight, plus_weight, rerank_top, index))
+    return as_json(await search.run(search.arithmetic, query, list(minus), list(plus), k, offset,
+                                    Cutoff(min_score, min_relevance), minus_weight, plus_weight, rerank_top, index))
+
+
+COMPOSE_FIELDS = {"query", "files"}
 
 
 @router.post("/search/compose", response_model=SearchResponse,
              summary="Weighted query algebra: texts, gallery images and uploads, each with a signed weight")
-async def compose(search: SearchDep, settings: SettingsDep,
-                  query: Annotated[str, Form(description="a ComposeQuery as JSON")],
+async def compose(request: Request, search: SearchDep, settings: SettingsDep,
+                  query: Annotated[str, Form(description="a ComposeQuery as JSON (k, offset, ... go in it)")],
                   files: Annotated[list[UploadFile], File()] = ()) -> Response:
+    stray = sorted(set((await request.form()).keys()) - COMPOSE_FIELDS)
+    if stray:  # e.g. k sent as a form field: ignoring it would answer with another k than asked
+        raise HTTPException(422, f"unknown form field(s) {', '.join(stray)}: this endpoint takes 'query' (JSON, "
+                                 "holding k, offset, target and the rest) and 'files'")
     try:
         parsed = ComposeQuery.model_validate_json(query)
     except ValidationError as error:
@@ -116,8 +139,9 @@ async def compose(search: SearchDep, settings: SettingsDep,
         image = images[term.upload] if term.upload is not None else (
             QueryImage(image_id=term.image_id) if term.image_id is not None else None)
         terms.append(WeightedTerm(term.weight, text=term.text, image=image))
-    return as_json(await search.run(search.compose, terms, parsed.target, parsed.k, parsed.offset,
-                                    parsed.min_score, parsed.rerank_top, parsed.index, strict_words=True))
+    cutoff = Cutoff(parsed.min_score, parsed.min_relevance)
+    return as_json(await search.run(search.compose, terms, parsed.target, parsed.k, parsed.offset, cutoff,
+                                    parsed.rerank_top, parsed.index, strict_words=True, collapse=parsed.collapse))
 
 
 @router.get("/imagine", summary="What the serving encoder imagines for a text (PNG; GXN encoders only)",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
@@ -16,7 +16,8 @@ from app.services.errors import ServiceError
 from app.services.search import QueryImage
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=Path(__file__).resolve().parent.parent.parent / "templates")
+ROOT = Path(__file__).resolve().parent.parent.parent
+templates = Jinja2Templates(directory=ROOT / "templates")
 MODES = ("text", "image", "arith")
 
 
@@ -46,6 +47,13 @@ async def search_page(request: Request, search: SearchDep, served: ServedDep,
         context["error"] = error.message
         return templates.TemplateResponse(request, "index.html", context, status_code=error.status_code)
     return templates.TemplateResponse(request, "index.html", context)
+
+
+@router.get("/favicon.ico")
+def favicon() -> FileResponse:
+    """Browsers ask for /favicon.ico whatever the page links to; answer with the page's icon."""
+    return FileResponse(ROOT / "static" / "favicon.svg", media_type="image/svg+xml",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
 
 def _about(served) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 from urllib.parse import urlencode
@@ -44,6 +44,49 @@ class WeightedTerm:
     weight: float
     text: str | None = None
     image: QueryImage | None = None
+
+
+@dataclass(frozen=True)
+class Cutoff:
+    """Results below either bound are dropped: the raw cosine, or the calibrated relevance (0-1)."""
+
+    min_score: float | None = None
+    min_relevance: float | None = None
+
+
+@dataclass
+class QueryVector:
+    """A query reduced to one vector, with what the page should tell the user about it."""
+
+    vector: np.ndarray
+    warnings: list[str] = field(default_factory=list)  # e.g. unknown words ignored
+    notes: list[str] = field(default_factory=list)     # e.g. "squares" read as "square"
+
+    def add(self, other: QueryVector, weight: float) -> None:
+        self.vector = self.vector + weight * other.vector
+        self.warnings += [w for w in other.warnings if w not in self.warnings]
+        self.notes += [n for n in other.notes if n not in self.notes]
+
+
+MAX_COLLAPSE_CANDIDATES = 1600  # captions read at most to fill a page of distinct texts
+MAX_IMAGES_PER_CAPTION = 10
+
+
+def collapse_captions(hits: list[CaptionHit]) -> list[CaptionHit]:
+    """One result per caption text (case, spacing and a final full stop ignored), at its best
+    score, with how many captions share it and the images they describe, best first."""
+    groups: dict[str, CaptionHit] = {}
+    for hit in hits:
+        key = " ".join(hit.text.lower().split()).rstrip(" .")
+        first = groups.get(key)
+        if first is None:
+            groups[key] = hit.model_copy(update={"count": 1, "images": [hit.image]})
+            continue
+        first.count += 1
+        known = {image.id for image in first.images}
+        if hit.image.id not in known and len(first.images) < MAX_IMAGES_PER_CAPTION:
+            first.images.append(hit.image)
+    return list(groups.values())
 
 
 def thumbnail_url(image_id: int) -> str:
@@ -85,14 +128,17 @@ class SearchService:
             raise BadQuery("the query text is not valid UTF-8")
         return cleaned
 
-    def text_vector(self, served: Served, text: str, strict_words: bool = False) -> tuple[np.ndarray, list[str]]:
-        """The text's vector, and a warning naming unknown words (or, with `strict_words`, UnknownWords)."""
+    def text_vector(self, served: Served, text: str, strict_words: bool = False) -> QueryVector:
+        """The text's vector, a warning naming unknown words (or, with `strict_words`, UnknownWords),
+        and a note naming the words read as another form (a plural as its singular, say)."""
         unknown = served.encoder.unknown_words(text)
         if unknown and strict_words:
             raise UnknownWords(unknown)
         text = self.check_text(text)
         warnings = [f"unknown word(s) ignored by {served.encoder.name}: {', '.join(unknown)}"] if unknown else []
-        return served.encoder.encode_text([text])[0].cpu().numpy(), warnings
+        readings = served.encoder.readings(text)
+        notes = [f"read {', '.join(map(str, readings))}"] if readings else []
+        return QueryVector(served.encoder.encode_text([text])[0].cpu().numpy(), warnings, notes)
 
     def image_vector(self, served: Served, query: QueryImage) -> np.ndarray:
         if query.image is not None:
@@ -104,52 +150,52 @@ class SearchService:
             raise NotFound(f"image {query.image_id} is not in index {served.name!r}")
         return vector
 
-    def combine(self, served: Served, terms: list[WeightedTerm], strict_words: bool) -> tuple[np.ndarray, list[str]]:
+    def combine(self, served: Served, terms: list[WeightedTerm], strict_words: bool) -> QueryVector:
         """sum_i w_i * v_i over the terms' normalised vectors, re-normalised."""
-        total = np.zeros(served.encoder.embed_dim, np.float32)
-        warnings: list[str] = []
+        total = QueryVector(np.zeros(served.encoder.embed_dim, np.float32))
         for term in terms:
             if term.text is not None:
-                vector, notes = self.text_vector(served, term.text, strict_words)
-                warnings += notes
+                total.add(self.text_vector(served, term.text, strict_words), term.weight)
             elif term.image is not None:
-                vector = self.image_vector(served, term.image)
+                total.add(QueryVector(self.image_vector(served, term.image)), term.weight)
             else:
                 raise BadQuery("each term needs a text, an image id or an upload")
-            total += term.weight * vector
-        return normalise(total), warnings
+        total.vector = normalise(total.vector)
+        return total
 
     # --- the modes -----------------------------------------------------------------------------
-    def text_to(self, target: str, text: str, k: int, offset: int = 0, min_score: float | None = None,
+    def text_to(self, target: str, text: str, k: int, offset: int = 0, cutoff: Cutoff = Cutoff(),
                 index: str | None = None) -> SearchResponse:
         served, clock = self.served.get(index), StageClock()
         with clock.stage("encode"):
-            vector, warnings = self.text_vector(served, text)
-        response = self._respond(served, clock, f"text->{target}", target, vector, k, offset, min_score, warnings)
+            query = self.text_vector(served, text)
+        response = self._respond(served, clock, f"text->{target}", target, query, k, offset, cutoff)
         if target == "image" and served.encoder.imagines_texts:
             # A link, not the picture: the page fetches it beside the results, a client that
             # does not want it pays nothing. The version makes it a new URL (not a stale cached
             # picture) once a new model is published under the same index name.
-            query = urlencode({"q": self.check_text(text), "index": served.name,
-                               "version": served.version.version.version})
-            response.imagined_image_url = f"/api/imagine?{query}"
+            link = urlencode({"q": self.check_text(text), "index": served.name,
+                              "version": served.version.version.version})
+            response.imagined_image_url = f"/api/imagine?{link}"
         return response
 
-    def image_to(self, target: str, query: QueryImage, k: int, offset: int = 0, min_score: float | None = None,
-                 index: str | None = None) -> SearchResponse:
+    def image_to(self, target: str, query: QueryImage, k: int, offset: int = 0, cutoff: Cutoff = Cutoff(),
+                 index: str | None = None, collapse: bool = True) -> SearchResponse:
+        """The captions (or images) nearest an image. Identical caption texts are one result, with
+        their count and images, unless `collapse` is False."""
         served, clock = self.served.get(index), StageClock()
         with clock.stage("encode"):
-            vector = self.image_vector(served, query)
-        generated, warnings = None, []
+            vector = QueryVector(self.image_vector(served, query))
+        generated = None
         if target == "caption" and served.encoder.describes_images:
             with clock.stage("describe"):
                 try:
                     generated = served.encoder.describe([self.query_pixels(query)])[0]
                 except NotFound as error:  # the file is gone, its vector is not: still answer
-                    warnings.append(f"no generated caption: {error.message}")
+                    vector.warnings.append(f"no generated caption: {error.message}")
         exclude = {query.image_id} if query.image_id is not None and target == "image" else set()
-        response = self._respond(served, clock, f"image->{target}", target, vector, k, offset, min_score, warnings,
-                                 exclude)
+        response = self._respond(served, clock, f"image->{target}", target, vector, k, offset, cutoff, exclude,
+                                 collapse=collapse)
         response.generated_caption = generated
         return response
 
@@ -178,56 +224,88 @@ class SearchService:
         return open_gallery_image(info.id, info.file_path)
 
     def arithmetic(self, query: QueryImage, minus: list[str], plus: list[str], k: int, offset: int = 0,
-                   min_score: float | None = None, minus_weight: float = 1.0, plus_weight: float = 1.0,
+                   cutoff: Cutoff = Cutoff(), minus_weight: float = 1.0, plus_weight: float = 1.0,
                    rerank_top: int | None = None, index: str | None = None) -> SearchResponse:
         """image - sum(minus words) + sum(plus words), normalised; words the encoder does not know
         are refused (422 naming them): silently dropping one would answer a different question."""
         terms = [WeightedTerm(1.0, image=query)]
         terms += [WeightedTerm(-minus_weight, text=w) for w in minus]
         terms += [WeightedTerm(plus_weight, text=w) for w in plus]
-        return self.compose(terms, "image", k, offset, min_score, rerank_top, index, strict_words=True,
+        return self.compose(terms, "image", k, offset, cutoff, rerank_top, index, strict_words=True,
                             exclude_ids={query.image_id} if query.image_id is not None else set())
 
-    def compose(self, terms: list[WeightedTerm], target: str, k: int, offset: int = 0,
-                min_score: float | None = None, rerank_top: int | None = None, index: str | None = None,
-                strict_words: bool = False, exclude_ids: set[int] | None = None) -> SearchResponse:
+    def compose(self, terms: list[WeightedTerm], target: str, k: int, offset: int = 0, cutoff: Cutoff = Cutoff(),
+                rerank_top: int | None = None, index: str | None = None, strict_words: bool = False,
+                exclude_ids: set[int] | None = None, collapse: bool = True) -> SearchResponse:
         served, clock = self.served.get(index), StageClock()
         with clock.stage("encode"):
-            vector, warnings = self.combine(served, terms, strict_words)
-        return self._respond(served, clock, f"compose->{target}", target, vector, k, offset, min_score, warnings,
-                             exclude_ids or set(), rerank_top)
+            query = self.combine(served, terms, strict_words)
+        return self._respond(served, clock, f"compose->{target}", target, query, k, offset, cutoff,
+                             exclude_ids or set(), rerank_top, collapse)
 
     def embed(self, text: str | None, image: QueryImage | None, index: str | None = None) -> tuple[Served, np.ndarray]:
         served = self.served.get(index)
         if (text is None) == (image is None):
             raise BadQuery("give exactly one of a text or an image")
-        vector = self.text_vector(served, text)[0] if text is not None else self.image_vector(served, image)
+        vector = self.text_vector(served, text).vector if text is not None else self.image_vector(served, image)
         return served, vector
 
     # --- vectors to results --------------------------------------------------------------------
-    def _respond(self, served: Served, clock: StageClock, mode: str, target: str, vector: np.ndarray, k: int,
-                 offset: int, min_score: float | None, warnings: list[str], exclude: set[int] | None = None,
-                 rerank_top: int | None = None) -> SearchResponse:
-        wanted = offset + k + len(exclude or ()) + 8  # slack for rows deleted since the build
+    def _respond(self, served: Served, clock: StageClock, mode: str, target: str, query: QueryVector, k: int,
+                 offset: int, cutoff: Cutoff, exclude: set[int] | None = None, rerank_top: int | None = None,
+                 collapse: bool = True) -> SearchResponse:
+        exclude = exclude or set()
+        if cutoff.min_relevance is not None and served.version.calibration is None:
+            raise BadQuery(f"index {served.name!r} has no relevance calibration (its gallery has no captions): "
+                           "filter with min_score, the raw cosine, instead")
+        collapsing = collapse and target == "caption"
+        wanted = offset + k + len(exclude) + 8  # slack for rows deleted since the build
         if rerank_top:
             wanted = max(wanted, rerank_top)
-        with clock.stage("search"):
-            scores, ids = served.version.search(target, vector[None, :], wanted)
-            scores, ids = scores[0], ids[0]
-            keep = ids >= 0
-            scores, ids = scores[keep], ids[keep]
-            if rerank_top and target == "image":
-                scores, ids = self._rerank_by_centroid(served, vector, scores[:rerank_top], ids[:rerank_top])
-        if min_score is not None:
-            above = scores >= min_score
-            scores, ids = scores[above], ids[above]
-        with clock.stage("metadata"):
-            hits = self._hydrate_page(target, ids, scores, exclude or set(), offset + k)
+        if collapsing:  # room for repeated texts; searching 100 costs about what 30 does
+            wanted = max(4 * wanted, 100)
+        while True:
+            with clock.stage("search"):
+                scores, ids, exhausted = self._search(served, target, query.vector, wanted, rerank_top, cutoff)
+            with clock.stage("metadata"):
+                if collapsing:
+                    hits = collapse_captions(self._hydrate_captions(ids, scores))
+                else:
+                    hits = self._hydrate_page(target, ids, scores, exclude, offset + k)
+            if not collapsing or len(hits) >= offset + k or exhausted or wanted >= MAX_COLLAPSE_CANDIDATES:
+                break
+            wanted = min(4 * wanted, MAX_COLLAPSE_CANDIDATES)
+        page = hits[offset:offset + k]
+        if served.version.calibration is not None:
+            for hit, relevance in zip(page, served.version.calibration.relevance([h.score for h in page]),
+                                      strict=True):
+                hit.relevance = round(float(relevance), 4)
         if self.observe_timings:
             self.observe_timings(mode, clock.ms)
         return SearchResponse(index=served.name, version=served.version.version.version,
-                              encoder=served.encoder.name, mode=mode, k=k, offset=offset,
-                              results=hits[offset:offset + k], warnings=warnings, timings_ms=clock.rounded())
+                              encoder=served.encoder.name, mode=mode, k=k, offset=offset, results=page,
+                              warnings=query.warnings, notes=query.notes, timings_ms=clock.rounded())
+
+    def _search(self, served: Served, target: str, vector: np.ndarray, wanted: int, rerank_top: int | None,
+                cutoff: Cutoff) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(scores, ids) of the `wanted` nearest, re-ranked and cut off; True when the index holds
+        no more than that."""
+        scores, ids = served.version.search(target, vector[None, :], wanted)
+        scores, ids = scores[0], ids[0]
+        exhausted = len(ids) < wanted or bool((ids < 0).any())
+        keep = ids >= 0
+        scores, ids = scores[keep], ids[keep]
+        if rerank_top and target == "image":
+            scores, ids = self._rerank_by_centroid(served, vector, scores[:rerank_top], ids[:rerank_top])
+        if cutoff.min_score is not None:
+            above = scores >= cutoff.min_score
+            scores, ids = scores[above], ids[above]
+            exhausted = exhausted or not above.all()
+        if cutoff.min_relevance is not None and served.version.calibration is not None:
+            above = served.version.calibration.relevance(scores) >= cutoff.min_relevance
+            scores, ids = scores[above], ids[above]
+            exhausted = exhausted or not above.all()
+        return scores, ids, exhausted
 
     @staticmethod
     def _rerank_by_centroid(served: Served, query: np.ndarray, scores: np.ndarray, ids: np.ndarray

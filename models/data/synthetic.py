@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from models.data.karpathy import write_karpathy
 from models.data.records import ImageRecord
@@ -50,7 +51,7 @@ class SceneObject:
 
     def phrase(self, with_size: bool = True) -> str:
         words = [self.size, self.colour, self.shape] if with_size else [self.colour, self.shape]
-        return f"{'an' if words[0][0] in 'aeiou' else 'a'} {' '.join(words)}"
+        return f"{_article(words[0])} {' '.join(words)}"
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def _templates(scene: Scene) -> list[str]:
     if len(objs) == 1:
         (o,) = objs
         return [o.phrase(), f"{o.phrase(False)} {o.region}",
-                f"{o.phrase()} on a {scene.background} background",
+                f"{o.phrase()} on {_article(scene.background)} {scene.background} background",
                 f"there is one {o.colour} {o.shape}", f"{o.phrase()} {o.region} of the picture",
                 f"a single {o.size} {o.shape} coloured {o.colour}"]
     a, b = objs[0], objs[1]
@@ -162,12 +163,17 @@ def _templates(scene: Scene) -> list[str]:
             f"{a.phrase(False)} {_relation(a, b)} {b.phrase(False)}"]
     listing = ", ".join(o.phrase(False) for o in objs[:-1]) + f" and {objs[-1].phrase(False)}"
     number = "two" if len(objs) == 2 else "three"
-    general = [listing, f"{number} shapes: {listing}", f"{listing} on a {scene.background} background",
+    ground = f"on {_article(scene.background)} {scene.background} background"
+    general = [listing, f"{number} shapes: {listing}", f"{listing} {ground}",
                f"{number} objects, " + " and ".join(f"{o.colour} {o.shape}" for o in objs)]
     if len(objs) == 3:
         c = objs[2]
         pair.append(f"{a.phrase(False)} {_relation(a, c)} {c.phrase(False)}, and {b.phrase(False)}")
     return pair + general
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _relation(a: SceneObject, b: SceneObject) -> str:
@@ -179,13 +185,13 @@ def _relation(a: SceneObject, b: SceneObject) -> str:
 
 def generate_scenes(out_dir: str | Path, count: int, seed: int = 0, image_size: int = 128,
                     val_fraction: float = 0.1, test_fraction: float = 0.1,
-                    max_objects: int = 3) -> Path:
+                    max_objects: int = 3, progress: bool = False) -> Path:
     """Render `count` scenes as PNGs plus a Karpathy `dataset.json`; returns the JSON path."""
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     n_val, n_test = round(count * val_fraction), round(count * test_fraction)
     records = []
-    for index in range(count):
+    for index in tqdm(range(count), desc="drawing scenes", unit="scene", disable=not progress):
         rng = random.Random(f"{seed}:{index}")
         scene = sample_scene(rng, max_objects)
         path = out_dir / "images" / f"scene_{index:06d}.png"

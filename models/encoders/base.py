@@ -85,6 +85,11 @@ class Encoder(nn.Module):
         """Words of `text` the text tower cannot represent (mapped to <unk>); [] if it knows all."""
         return []
 
+    def readings(self, text: str) -> list:
+        """The normalisations (plural, spelling, hyphen: `models.vocab.Reading`) a word-level text
+        tower applies to `text`; [] for towers that read text as it is."""
+        return []
+
     def knows_word(self, word: str) -> bool:
         return not self.unknown_words(word)
 

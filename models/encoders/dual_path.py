@@ -137,6 +137,9 @@ class DualPath(Encoder):
     def unknown_words(self, text: str) -> list[str]:
         return self.text_tower.unknown_words(text)
 
+    def readings(self, text: str) -> list:
+        return self.text_tower.readings(text)
+
     def vocabulary_words(self) -> list[str] | None:
         vocab = getattr(self.text_tower, "vocab", None)
         return vocab.words if vocab is not None else None

@@ -112,6 +112,12 @@ class Ensemble(Encoder):
         first, *others = [m.unknown_words(text) for m in self.members]
         return [word for word in first if all(word in other for other in others)]
 
+    def readings(self, text: str) -> list:
+        found = []  # each normalisation once, whichever members apply it
+        for member in self.members:
+            found += [r for r in member.readings(text) if r not in found]
+        return found
+
     def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
                         image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         raise ValueError("an ensemble is not trained as a whole: train its members, then join them "

@@ -212,6 +212,9 @@ class GXN(Encoder):
     def unknown_words(self, text: str) -> list[str]:
         return self.text_high.unknown_words(text)
 
+    def readings(self, text: str) -> list:
+        return self.text_high.readings(text)
+
     def vocabulary_words(self) -> list[str]:
         return self.vocab.words
 

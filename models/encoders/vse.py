@@ -16,17 +16,21 @@ from models.encoders.base import BackboneFeatures, Encoder, l2_normalize
 from models.encoders.image_towers import BackboneTower
 from models.encoders.registry import register_family
 from models.encoders.text_towers import build_text_tower, sentence_tower_files
-from models.losses import build_ranking_loss, ranking_loss
+from models.losses import HardNegativeSchedule, build_ranking_loss, ranking_loss
 from models.vocab import Vocabulary
 
 
 class ImageTower(BackboneTower):
-    """Backbone features -> dropout (`image.dropout`, training only) -> linear projection."""
+    """Backbone features -> dropout (`image.dropout`, training only) -> linear projection, or with
+    `image.hidden` > 0 a two-layer projection (linear, GELU, linear): a frozen backbone's pooled
+    features keep colour in a form one linear map reads poorly."""
 
     def __init__(self, cfg: dict[str, Any], embed_dim: int):
         super().__init__(cfg)
         self.dropout = nn.Dropout(float(cfg.get("dropout", 0.0)))
-        self.project = nn.Linear(self.feature_dim, embed_dim)
+        hidden = int(cfg.get("hidden", 0))
+        self.project = nn.Linear(self.feature_dim, embed_dim) if hidden <= 0 else nn.Sequential(
+            nn.Linear(self.feature_dim, hidden), nn.GELU(), nn.Linear(hidden, embed_dim))
 
     def forward(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
         return self.project(self.dropout(self.features(images)))
@@ -56,8 +60,17 @@ class VSE(Encoder):
         loss = ranking_loss(self.loss, images @ texts.t(), epoch)
         return {"loss": loss, "ranking": loss.detach()}
 
+    def describe_epoch(self, epoch: int) -> dict[str, Any]:
+        # A loss that moves from the sum of hinges to the hardest negative changes scale: say so.
+        if isinstance(self.loss, HardNegativeSchedule) and (self.loss.warmup_epochs or self.loss.anneal_epochs):
+            return {"stage": self.loss.describe(epoch)}
+        return {}
+
     def unknown_words(self, text: str) -> list[str]:
         return self.text_tower.unknown_words(text)
+
+    def readings(self, text: str) -> list:
+        return self.text_tower.readings(text)
 
     def vocabulary_words(self) -> list[str] | None:
         vocab = getattr(self.text_tower, "vocab", None)

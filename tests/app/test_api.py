@@ -366,3 +366,80 @@ def test_a_gallery_file_gone_since_indexing_still_gets_captions_without_a_genera
         body = client.get("/api/search/image", params={"image_id": image_id, "index": "gxn"}).json()
         assert body["results"] and "generated_caption" not in body
         assert any("no generated caption" in w and "can no longer be read" in w for w in body["warnings"])
+
+
+# --- what a person reads: collapsed captions, relevance, query notes ----------------------------
+def test_identical_captions_are_one_result_with_their_count_and_images(client, gallery_ids):
+    params = {"image_id": gallery_ids[0], "k": 100}
+    raw = [hit for offset in (0, 100)  # all 200 captions of the gallery, ranked
+           for hit in client.get("/api/search/image", params={**params, "offset": offset, "collapse": "false"}
+                                 ).json()["results"]]
+    texts = [hit["text"] for hit in raw]
+    assert len(texts) == 200 and len(set(texts)) < len(texts)  # the synthetic gallery repeats captions
+    collapsed = client.get("/api/search/image", params=params).json()["results"]
+    shown = [hit["text"] for hit in collapsed]
+    assert shown == list(dict.fromkeys(texts))[:100]  # the distinct texts in rank order
+    for hit in collapsed:
+        owners = [r["image"]["id"] for r in raw if r["text"] == hit["text"]]
+        assert hit["count"] == len(owners) and hit["image"]["id"] == owners[0]
+        assert [image["id"] for image in hit["images"]] == list(dict.fromkeys(owners))[:10]
+    # Paging walks the distinct texts.
+    pages = [client.get("/api/search/image", params={**params, "k": 5, "offset": o}).json()["results"]
+             for o in (0, 5)]
+    assert [h["text"] for h in pages[0] + pages[1]] == shown[:10]
+
+
+def test_relevance_is_the_calibrated_score_and_min_relevance_filters_on_it(client, app_dirs):
+    from indexer import store
+    from indexer.calibration import Calibration
+
+    manifest = store.current_version(app_dirs["index_dir"], "tiny").manifest
+    calibration = Calibration.from_manifest(manifest)
+    assert calibration is not None and calibration.pairs == 200
+    hits = client.get("/api/search/text", params={"q": "a red circle", "k": 40}).json()["results"]
+    for hit in hits:
+        assert hit["relevance"] == pytest.approx(float(calibration.relevance([hit["score"]])[0]), abs=1e-4)
+    cut = sorted(h["relevance"] for h in hits)[20]
+    kept = client.get("/api/search/text", params={"q": "a red circle", "k": 40, "min_relevance": cut}).json()
+    expected = {h["id"] for h in hits if calibration.relevance([h["score"]])[0] >= cut}  # unrounded
+    assert {h["id"] for h in kept["results"]} == expected and 0 < len(expected) < len(hits)
+    bad = client.get("/api/search/text", params={"q": "a red circle", "min_relevance": 2})
+    assert bad.status_code == 422 and "min_relevance" in bad.json()["detail"]
+
+
+def test_plurals_and_spellings_are_read_and_the_reading_is_said(client):
+    body = client.get("/api/search/text", params={"q": "two blue squares", "k": 3}).json()
+    assert body["warnings"] == [] and body["notes"] == ["read 'squares' as 'square' (plural)"]
+    same = client.get("/api/search/text", params={"q": "two blue square", "k": 3}).json()
+    assert [h["id"] for h in body["results"]] == [h["id"] for h in same["results"]]
+    grey = client.get("/api/search/text", params={"q": "a grey circle", "k": 1}).json()
+    assert grey["warnings"] == [] and "'grey' as 'gray' (spelling)" in grey["notes"][0]
+
+
+def test_compose_rejects_fields_it_does_not_take(client):
+    query = json.dumps({"terms": [{"text": "a red circle"}], "k": 3})
+    stray = client.post("/api/search/compose", data={"query": query, "k": "7"})
+    assert stray.status_code == 422 and "unknown form field(s) k" in stray.json()["detail"]
+    misspelt = client.post("/api/search/compose", data={"query": json.dumps({"terms": [{"text": "a"}], "kk": 3})})
+    assert misspelt.status_code == 422 and "kk" in misspelt.json()["detail"]
+    assert len(client.post("/api/search/compose", data={"query": query}).json()["results"]) == 3
+
+
+def test_favicon_is_served(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")
+
+
+def test_each_index_is_warmed_before_it_serves(app_dirs, monkeypatch):
+    """The first query after start should not pay for thread pools and compiled graphs: loading a
+    version runs a text and an image query through its encoder and both of its indexes."""
+    from app.services.served import ServedIndexes
+    from indexer.serving import LoadedVersion
+
+    searched = []
+    original = LoadedVersion.search
+    monkeypatch.setattr(LoadedVersion, "search",
+                        lambda self, modality, queries, k: searched.append(modality) or original(self, modality,
+                                                                                                 queries, k))
+    ServedIndexes(app_dirs["index_dir"], "tiny")
+    assert sorted(searched) == ["caption", "caption", "image", "image"]

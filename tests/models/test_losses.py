@@ -42,6 +42,9 @@ def test_hard_negative_schedule_moves_from_sum_to_max():
     assert schedule(SCORES, epoch=0).item() == pytest.approx(1.5 / 2)  # the sum, over B - 1 negatives
     assert schedule(SCORES, epoch=2).item() == pytest.approx(0.5 * 1.4 + 0.5 * 1.5 / 2)
     assert schedule(SCORES, epoch=3).item() == pytest.approx(1.4)
+    # The progress line names what changed, so a loss on a new scale does not read as a failure.
+    assert [schedule.describe(e) for e in (0, 2, 3)] == [
+        "sum of hinges (warm-up)", "hardest negatives 50%, sum of hinges 50%", "hardest negatives"]
 
 
 def test_build_ranking_loss_rejects_unknown_kind():

@@ -22,3 +22,26 @@ def test_batch_pads_and_keeps_lengths():
     assert tokens.shape == (3, 2) and lengths.tolist() == [2, 1, 1]
     assert tokens[1].tolist() == [1, 0]  # an empty text becomes one <unk>, then padding
     assert Vocabulary(vocab.words).words == vocab.words
+
+
+def test_plurals_spellings_and_hyphens_share_one_word_in_training_and_queries():
+    vocab = Vocabulary.build(["a red square", "two red squares", "a grey dog", "a gray cat", "a gray cat",
+                              "a blue t-shirt", "the boxes", "a box", "the news"])
+    # Built: plurals merge into their singular, the commoner spelling stays, hyphens separate.
+    assert "squares" not in vocab.words and "grey" not in vocab.words and "-" not in vocab.words
+    assert {"square", "gray", "box", "news", "t", "shirt"} <= set(vocab.words)
+    # Queried: the same variants are read as the word the vocabulary has.
+    assert vocab.encode("two blue squares") == vocab.encode("two blue square")
+    assert vocab.encode("Grey T-Shirts") == vocab.encode("gray t shirt")
+    assert vocab.unknown_words("grey squares, colour zebras") == ["colour", "zebras"]
+    assert [str(r) for r in vocab.readings("grey T-shirts")] == [
+        "'t-shirts' as 't shirts' (hyphen)", "'grey' as 'gray' (spelling)", "'shirts' as 'shirt' (plural)"]
+    assert vocab.readings("a gray square") == []
+
+
+def test_an_old_vocabulary_reads_unknown_variants_without_changing_known_words():
+    vocab = Vocabulary([*SPECIALS, "a", "grey", "circles", "colour", "glass"])  # built before normalising
+    assert vocab.encode("a gray circle") == [vocab.index[w] for w in ("a", "grey", "circles")]
+    assert vocab.encode("colors") == [vocab.index["colour"]]
+    assert vocab.encode("glasses") == [1]  # not the plural of glass
+    assert vocab.encode("circles") == [vocab.index["circles"]]
