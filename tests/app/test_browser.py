@@ -126,6 +126,7 @@ def test_type_search_then_more_results_then_reload(server, user):
     assert "q=a%20small%20red%20circle" in user.page.url
     scores = user.page.locator("#results .score").all_inner_texts()
     assert all(READABLE_SCORE.match(s) for s in scores), scores[:3]
+    assert user.page.locator("img[loading=lazy]").count() == 0  # a screenshot never catches blank cards
     user.shot("text-search")
     user.page.click("#more")
     user.page.wait_for_function("document.querySelectorAll('#results li.card').length > 24")
@@ -252,8 +253,9 @@ def test_back_and_forward_restore_each_search_from_the_url(server, user):
     user.assert_no_errors()
 
 
-def test_search_and_use_as_query_without_javascript(server, browser):
-    user = Page(browser, "desktop", javascript=False)
+@pytest.mark.parametrize("size", list(SIZES))
+def test_search_and_use_as_query_without_javascript(server, browser, size):
+    user = Page(browser, size, javascript=False)
     try:
         user.page.goto(server + "/")
         assert not user.page.locator("#more").is_visible()

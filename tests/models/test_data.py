@@ -104,8 +104,10 @@ def test_malformed_caption_tables_name_file_and_line(tmp_path, name, content, me
 
 
 # --- synthetic scenes ------------------------------------------------------------------------
-def test_synthetic_scenes_are_deterministic_and_described(tmp_path):
-    first = generate_scenes(tmp_path / "a", 30, seed=7, image_size=48)
+def test_synthetic_scenes_are_deterministic_and_described(tmp_path, capsys):
+    first = generate_scenes(tmp_path / "a", 30, seed=7, image_size=48, progress=True)
+    progress = capsys.readouterr().err  # a progress bar, as the demo shows while it draws
+    assert "drawing scenes" in progress and "30/30" in progress
     second = generate_scenes(tmp_path / "b", 30, seed=7, image_size=48)
     other = generate_scenes(tmp_path / "c", 30, seed=8, image_size=48)
     records, again = load_records(first), load_records(second)

@@ -57,6 +57,17 @@ def test_vse_interface_and_round_trip(tmp_path, rnn):
     assert loaded.unknown_words("a purple circle") == ["purple"] and loaded.knows_word("red")
 
 
+def test_vse_two_layer_image_projection_and_its_training_stage(tmp_path):
+    encoder = create_encoder("vsepp_resnet18_gru", vocab=VOCAB, overrides={
+        **TINY, "image": {"backbone": "resnet18", "hidden": 24}, "loss": {"warmup_epochs": 1, "anneal_epochs": 0}})
+    assert [layer.out_features for layer in encoder.image_tower.project if hasattr(layer, "out_features")] == [24, 32]
+    _check_interface(encoder)
+    loaded = load_encoder(encoder.save(tmp_path / "mlp.pt"))
+    assert torch.allclose(loaded.encode_image(_images()), encoder.encode_image(_images()), atol=1e-6)
+    assert [encoder.describe_epoch(e)["stage"] for e in (0, 1)] == ["sum of hinges (warm-up)", "hardest negatives"]
+    assert create_encoder("vse_tiny_gru", vocab=VOCAB, overrides=TINY).describe_epoch(0) == {}
+
+
 def test_images_as_pil_tensor_or_other_size_agree():
     encoder = create_encoder("vse_tiny_gru", vocab=VOCAB, overrides=TINY).eval()
     pixels = _images(2)

@@ -145,7 +145,10 @@ def test_a_frozen_backbone_trains_on_cached_features(scenes, tmp_path):
     # The saved encoder, run on pixels, scores what training logged on the cached features.
     encoder = load_encoder(result.best_checkpoint)
     val = decode_split(load_records(scenes), "val", 64, progress=False)
-    assert evaluate_encoder(encoder, val).rsum == pytest.approx(result.best_metrics.rsum, abs=1e-6)
+    # The cache stores features in fp16 (half the disk, no recall lost), so a near tie between two
+    # images may break the other way on pixels: allow one query's rank to move by one.
+    one_query = 100 / len(val.pairs.captions)
+    assert evaluate_encoder(encoder, val).rsum == pytest.approx(result.best_metrics.rsum, abs=one_query + 1e-6)
 
 
 def test_gxn_on_an_efficientnet_map_trains_on_cached_features_with_thumbnails(scenes, tmp_path):
