@@ -28,6 +28,7 @@ class TrainConfig:
     augment: bool = True                 # random crop (from a 1/8 larger image)
     hflip: bool = True                   # off where captions say "left"/"right" (synthetic scenes)
     min_word_count: int = 1
+    word_dropout: float = 0.0            # drop each caption word with this chance (training text only)
     seed: int = 0
     val_split: str = "val"
     val_max_images: int | None = None
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be cosine, step or constant, not {self.lr_schedule!r}")
         if self.epoch_pairs not in ("one_per_image", "all_captions"):
             raise ValueError(f"epoch_pairs must be one_per_image or all_captions, not {self.epoch_pairs!r}")
+        if not 0.0 <= self.word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), not {self.word_dropout}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2 (ranking needs negatives)")
 

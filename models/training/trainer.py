@@ -239,6 +239,16 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
     return factor
 
 
+def drop_words(caption: str, chance: float, rng: random.Random | None = None) -> str:
+    """The caption with each word left out with `chance` (one word always stays). Trained on such
+    partial captions, a text tower also reads the short phrases and single words that people type
+    and that image - word + word adds and subtracts, not only whole sentences."""
+    draw, choose = (rng.random, rng.choice) if rng else (random.random, random.choice)  # seeded by the trainer
+    words = caption.split()
+    kept = [w for w in words if draw() >= chance]
+    return " ".join(kept) if kept else choose(words) if words else caption
+
+
 def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSplit, config: TrainConfig,
                      epoch: int, time_left: float | None, progress: bool) -> dict:
     encoder.train()
@@ -253,6 +263,8 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
                                                                                      non_blocking=True)
         captions = [split.pairs.captions[i] if i is not None else random.choice(split.records[b].captions)
                     for i, b in zip(caption_ids, batch.tolist(), strict=True)]
+        if config.word_dropout:
+            captions = [drop_words(c, config.word_dropout) for c in captions]
         adversary = _discriminator_step(encoder, optimizers.discriminator, pixels, captions, epoch, steps)
         losses = encoder.training_losses(pixels, captions, epoch, image_ids=batch)
         _check_finite(losses["loss"], epoch, steps)

@@ -150,3 +150,19 @@ def test_cli_errors_are_one_line_without_traceback(args, message):
     done = _cli(*args)
     assert done.returncode == 1
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_word_dropout_leaves_words_out_but_never_all():
+    import random
+
+    from models.training.trainer import drop_words
+
+    rng = random.Random(0)
+    caption = "a large red square in the centre"
+    dropped = [drop_words(caption, 0.5, rng) for _ in range(200)]
+    lengths = [len(d.split()) for d in dropped]
+    assert min(lengths) >= 1 and max(lengths) <= 7 and 2.5 < sum(lengths) / len(lengths) < 4.5
+    assert all(set(d.split()) <= set(caption.split(" ")) for d in dropped)
+    assert drop_words("square", 0.99, rng) == "square"
+    with pytest.raises(ValueError, match="word_dropout"):
+        TrainConfig.from_dict({"word_dropout": 1.0})
