@@ -16,6 +16,7 @@ Only EfficientNet-Lite towers are compiled (the ones tested and measured); other
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -55,7 +56,10 @@ class OpenVINOBackbone:
             raise ValueError("the 'openvino' backbone runtime needs the openvino package "
                              "(pip install openvino), or use runtime 'torch'") from error
         example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # OpenVINO converts through torch.jit.trace, which warns that it is deprecated: that
+            # is OpenVINO's business, and the warning only alarms whoever runs the indexer.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\.trace")
             model = ov.convert_model(_PixelsToFeatures(tower).eval(), example_input=example)
         config = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_PRECISION_HINT": precision}
