@@ -10,6 +10,25 @@ MAX_K = 100
 MAX_OFFSET = 1000
 
 
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer of the API: one sentence naming the problem, plus details by kind."""
+
+    detail: str = Field(description="what was wrong, naming the parameter or value")
+    errors: list[dict] | None = Field(None, description="request validation: each problem with its location "
+                                                        "(loc), message (msg) and type")
+    unknown_words: list[str] | None = Field(None, description="arithmetic and compose: the words the encoder "
+                                                              "does not know")
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` declaring ErrorBody for these status codes (they replace FastAPI's default
+    422 schema, whose `detail` is a list: clients generated from it would fail on our bodies)."""
+    meaning = {400: "bad query", 401: "missing token", 403: "wrong token or admin disabled", 404: "not found",
+               409: "already running", 413: "upload too large", 415: "not an image",
+               422: "invalid parameter or unknown word", 503: "no index yet or encoder unavailable"}
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}
+
+
 class ImageRef(BaseModel):
     id: int
     path: str

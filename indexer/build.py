@@ -218,8 +218,10 @@ def _mark_failed(sessions, version: IndexVersion, message: str) -> None:
 
 
 def reconcile(index_dir: Path, name: str, sessions: sessionmaker[Session]) -> None:
-    """Repair what a crash can leave: builds still marked 'building' failed, and CURRENT behind the
-    catalogue's active version (a crash between the commit and the switch)."""
+    """Repair what a crash can leave: builds still marked 'building' failed, their temporary
+    directories, and CURRENT behind the catalogue's active version (a crash between the commit and
+    the switch). Called by every build, holding the build lock, before it decides anything."""
+    store.remove_abandoned_builds(index_dir, name)
     with sessions() as session, session.begin():
         session.execute(update(IndexVersion).where(IndexVersion.index_name == name,
                                                    IndexVersion.status == "building")

@@ -84,12 +84,20 @@ def versions_on_disk(index_dir: Path, name: str) -> list[int]:
     return sorted(int(p.name[1:]) for p in folder.glob("v*") if p.name[1:].isdigit() and (p / MANIFEST).is_file())
 
 
+def remove_abandoned_builds(index_dir: Path, name: str) -> list[str]:
+    """Remove the temporary directories of builds killed before they could clean up (kill -9, a
+    power cut). Only call it holding the build lock: then no live build owns one."""
+    versions = index_root(index_dir, name) / "versions"
+    stale = sorted(versions.glob(".tmp-*")) if versions.is_dir() else []
+    for directory in stale:
+        shutil.rmtree(directory, ignore_errors=True)
+    return [directory.name for directory in stale]
+
+
 def start_build(index_dir: Path, name: str) -> Path:
-    """A fresh temporary directory for a build, after removing any left by crashed builds."""
+    """A fresh temporary directory for a build."""
     versions = index_root(index_dir, name) / "versions"
     versions.mkdir(parents=True, exist_ok=True)
-    for stale in versions.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=".tmp-", dir=versions))
 
 

@@ -8,10 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 
 from app.deps import AdminDep, ServedDep, SettingsDep
+from app.schemas import error_responses
 from indexer import build
 from indexer.status import index_names, index_status
 
-router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep])
+router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep],
+                   responses=error_responses(401, 403, 404, 409, 422))
 
 
 @router.post("/reindex", status_code=202, summary="Start an incremental (or full) reindex in the background")

@@ -8,13 +8,25 @@ from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Request, 
 from pydantic import ValidationError
 
 from app.deps import SearchDep, ServedDep, SettingsDep
-from app.schemas import MAX_K, MAX_OFFSET, ComposeQuery, EmbedResponse, ImageDetail, IndexStats, SearchResponse, Stats
+from app.routes.strict_forms import Utf8FormRoute
+from app.schemas import (
+    MAX_K,
+    MAX_OFFSET,
+    ComposeQuery,
+    EmbedResponse,
+    ImageDetail,
+    IndexStats,
+    SearchResponse,
+    Stats,
+    error_responses,
+)
 from app.services import catalogue_queries as queries
 from app.services.errors import BadQuery, NotFound
 from app.services.images import decode_upload
 from app.services.search import Cutoff, QueryImage, WeightedTerm, thumbnail_url
 
-router = APIRouter(prefix="/api", tags=["search"])
+router = APIRouter(prefix="/api", tags=["search"], route_class=Utf8FormRoute,
+                   responses=error_responses(400, 404, 413, 415, 422, 503))
 
 
 def as_json(response: SearchResponse) -> Response:

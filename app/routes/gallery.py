@@ -9,10 +9,11 @@ from fastapi.responses import FileResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import SearchDep
+from app.schemas import error_responses
 from app.services import catalogue_queries as queries
 from app.services.errors import NotFound
 
-router = APIRouter(tags=["gallery"])
+router = APIRouter(tags=["gallery"], responses=error_responses(404, 422, 503))
 
 
 @router.get("/images/{image_id}/thumb", summary="A cached JPEG thumbnail of a gallery image")

@@ -443,3 +443,76 @@ def test_each_index_is_warmed_before_it_serves(app_dirs, monkeypatch):
                                                                                                  queries, k))
     ServedIndexes(app_dirs["index_dir"], "tiny")
     assert sorted(searched) == ["caption", "caption", "image", "image"]
+
+
+# --- hostile input: non-UTF-8 form fields, and every error body as the OpenAPI schema says ------
+def _multipart(fields: dict[str, bytes]) -> tuple[bytes, dict]:
+    body = b"".join(b"--XX\r\nContent-Disposition: form-data; name=\"" + name.encode() + b"\"\r\n\r\n" + value + b"\r\n"
+                    for name, value in fields.items()) + b"--XX--\r\n"
+    return body, {"content-type": "multipart/form-data; boundary=XX"}
+
+
+def test_form_fields_that_are_not_utf8_are_refused_by_name(client, gallery_ids):
+    body, headers = _multipart({"image_id": str(gallery_ids[0]).encode(), "plus": b"\xff\xfeblue"})
+    refused = client.post("/api/search/arithmetic", content=body, headers=headers)
+    assert refused.status_code == 400 and refused.json()["detail"].startswith("form field 'plus' is not valid UTF-8")
+    body, headers = _multipart({"text": b"caf\xe9"})  # Latin-1 "café"
+    assert client.post("/api/embed", content=body, headers=headers).status_code == 400
+    body, headers = _multipart({"text": "café".encode()})
+    assert client.post("/api/embed", content=body, headers=headers).status_code == 200
+
+
+def _openapi_operations(client):
+    for path, operations in client.get("/openapi.json").json()["paths"].items():
+        for method, operation in operations.items():
+            yield path, method, operation
+
+
+def test_every_declared_error_response_is_the_error_body(client):
+    spec = client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, method, operation in _openapi_operations(client):
+        for status, response in operation["responses"].items():
+            if status.startswith(("4", "5")):
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
+
+
+HOSTILE = ["", "-1", "0", "abc", "9" * 40, "\x00", "nan", "1e309", "true"]
+
+
+def _fields(spec: dict, operation: dict) -> list[dict]:
+    """The operation's query, path and form parameters, each as {"name", "in"}."""
+    fields = [p for p in operation.get("parameters", []) if p["in"] in ("query", "path")]
+    for content in operation.get("requestBody", {}).get("content", {}).values():
+        schema = content["schema"]
+        if "$ref" in schema:
+            schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+        fields += [{"name": name, "in": "form"} for name in schema.get("properties", {})]
+    return fields
+
+
+def test_hostile_parameters_get_a_declared_status_and_an_error_body(client):
+    """A schema fuzz: every parameter of every operation, set to each hostile value in turn, gets
+    a status the operation declares, and a 4xx body that parses as ErrorBody."""
+    from urllib.parse import quote
+
+    from app.schemas import ErrorBody
+
+    spec = client.get("/openapi.json").json()
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    for path, method, operation in _openapi_operations(client):
+        fields = _fields(spec, operation)
+        for field in fields:
+            for value in HOSTILE:
+                url = path
+                for other in (f for f in fields if f["in"] == "path"):
+                    url = url.replace("{" + other["name"] + "}", quote(value, safe="") if other is field else "1")
+                response = client.request(method.upper(), url,
+                                          params={field["name"]: value} if field["in"] == "query" else None,
+                                          data={field["name"]: value} if field["in"] == "form" else None,
+                                          headers=admin if path.startswith("/api/admin") else None)
+                where = f"{method} {path} {field['name']}={value!r}: {response.status_code}"
+                assert response.status_code < 500 and str(response.status_code) in operation["responses"], where
+                if response.status_code >= 400:
+                    ErrorBody.model_validate(response.json())

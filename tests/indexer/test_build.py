@@ -331,3 +331,31 @@ def test_a_shipped_encoder_indexes_by_name(gallery, encoder_checkpoint, tmp_path
     assert report.image_count == 30
     with pytest.raises(ValueError, match="shipped trained encoder"):
         resolve_encoder("vse_tiny_gru")  # an architecture, not a trained encoder
+
+
+def test_a_build_killed_with_sigkill_leaves_no_temporary_directory_after_the_next_build(
+        gallery, encoder_checkpoint, tmp_path, sessions, database_url):
+    """kill -9 gives a build no chance to clean up: the next build, even one with nothing to
+    encode, removes what it left in versions/ and the killed version is marked failed."""
+    import signal
+    import subprocess
+    import sys
+
+    index_dir = tmp_path / "idx"
+    _build(gallery, encoder_checkpoint, index_dir, sessions)
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal
+import indexer.faiss_index
+from indexer.build import BuildOptions, build_index
+from indexer.db import session_factory
+indexer.faiss_index.build_index = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+build_index(gallery={str(gallery)!r}, encoder_spec={str(encoder_checkpoint)!r}, name="main",
+            index_dir=__import__("pathlib").Path({str(index_dir)!r}), sessions=session_factory({database_url!r}),
+            full=True, options=BuildOptions(progress=False, workers=0))
+"""], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list((index_dir / "main" / "versions").glob(".tmp-*"))  # what kill -9 leaves behind
+    report = _build(gallery, encoder_checkpoint, index_dir, sessions)
+    assert report.status == "up-to-date"  # nothing to encode: it still cleans up
+    assert not list((index_dir / "main" / "versions").glob(".tmp-*"))
+    assert store.current_version(index_dir, "main").version == 1
