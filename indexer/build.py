@@ -9,7 +9,6 @@ leaves the previous version serving and its temporary directory is removed.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -24,12 +23,11 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from indexer import faiss_index, store
 from indexer.calibration import fit_calibration
 from indexer.catalogue import CaptionRow, ImageRow, IndexEntry, IndexVersion, utc_now
-from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, file_sha256, scan_changes
+from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, scan_changes
 from indexer.pipeline import encode_image_files, encode_texts
 from indexer.status import latest_build_source
 from models.data import DatasetError, SkipReport, load_records
-from models.encoders import Encoder, create_encoder, get_encoder_config, load_encoder
-from models.encoders.registry import list_shipped_encoders, shipped_encoder_path
+from models.encoders import Encoder, resolve_encoder
 
 
 @dataclass
@@ -73,27 +71,6 @@ class BuildReport:
         if len(self.skipped):
             lines.append("  " + self.skipped.summary().replace("\n", "\n  "))
         return "\n".join(lines)
-
-
-def resolve_encoder(spec: str, device: str = "cpu", runtime: str = "openvino") -> tuple[Encoder, str, str]:
-    """A checkpoint path, the name of a shipped trained encoder ("photos") or of a pretrained
-    registry config -> (encoder, where, hash). An image backbone runs on `runtime` for inference."""
-    path = shipped_encoder_path(spec) or Path(spec)
-    if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
-        encoder = load_encoder(path, device)
-        encoder.use_backbone_runtime(runtime)
-        return encoder, str(path.resolve()), file_sha256(path)
-    try:
-        config = get_encoder_config(spec)
-    except ValueError as error:
-        raise ValueError(f"{error}; shipped trained encoders: {', '.join(list_shipped_encoders()) or 'none'}; "
-                         "or give a checkpoint file") from None
-    if not (config.get("family") == "openclip" and config.get("pretrained")):
-        raise ValueError(f"encoder {spec!r} is an untrained architecture: train it (imgsearch train) and pass "
-                         "the checkpoint file, name a shipped trained encoder "
-                         f"({', '.join(list_shipped_encoders()) or 'none installed'}) or a pretrained open_clip config")
-    encoder = create_encoder(spec).to(device).eval()
-    return encoder, spec, hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 @contextmanager

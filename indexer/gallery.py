@@ -6,19 +6,11 @@ SHA-256 decides (a touched but identical file is not re-encoded). Captions are c
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.data import ImageRecord, SkipReport
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from models.io import file_sha256
 
 
 @dataclass

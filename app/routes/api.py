@@ -20,10 +20,10 @@ from app.schemas import (
     Stats,
     error_responses,
 )
-from app.services import catalogue_queries as queries
 from app.services.errors import BadQuery, NotFound
 from app.services.images import decode_upload
 from app.services.search import Cutoff, QueryImage, WeightedTerm, thumbnail_url
+from indexer import catalogue_reads as queries
 
 router = APIRouter(prefix="/api", tags=["search"], route_class=Utf8FormRoute,
                    responses=error_responses(400, 404, 413, 415, 422, 503))

@@ -10,8 +10,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import SearchDep
 from app.schemas import error_responses
-from app.services import catalogue_queries as queries
 from app.services.errors import NotFound
+from indexer import catalogue_reads as queries
 
 router = APIRouter(tags=["gallery"], responses=error_responses(404, 422, 503))
 

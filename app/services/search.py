@@ -20,11 +20,11 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.schemas import CaptionHit, ImageHit, ImageRef, SearchResponse
-from app.services import catalogue_queries as queries
 from app.services.errors import BadQuery, NotFound, UnknownWords
 from app.services.images import open_gallery_image
 from app.services.served import Served, ServedIndexes
 from app.services.timing import StageClock
+from indexer import catalogue_reads as queries
 
 # Called with (mode, {stage: milliseconds}) after each query; the app feeds its Prometheus histograms.
 TimingsObserver = Callable[[str, dict[str, float]], None]

@@ -12,10 +12,9 @@ from PIL import Image
 
 from app.services.errors import NotFound, Unavailable
 from indexer import store
-from indexer.build import resolve_encoder
 from indexer.faiss_index import gpu_available
 from indexer.serving import LiveIndex, LoadedVersion
-from models.encoders import Encoder
+from models.encoders import Encoder, resolve_encoder
 
 
 @dataclass

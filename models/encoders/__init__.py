@@ -8,7 +8,9 @@ from models.encoders.registry import (
                                       load_encoder,
                                       needs_vocabulary,
                                       register_family,
+                                      resolve_encoder,
 )
 
 __all__ = ["CheckpointError", "Encoder", "PretrainedUnavailableError", "create_encoder", "get_encoder_config",
-           "l2_normalize", "list_encoders", "load_encoder", "needs_vocabulary", "register_family"]
+           "l2_normalize", "list_encoders", "load_encoder", "needs_vocabulary", "register_family",
+           "resolve_encoder"]

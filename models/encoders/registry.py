@@ -8,8 +8,10 @@ A new family registers its class with `@register_family("name")` and needs no ch
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib
 import json
+import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from models.encoders.base import (
     PretrainedUnavailableError,
     under_prefixes,
 )
+from models.io import file_sha256
 from models.vocab import Vocabulary
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -30,8 +33,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # frozen towers' weights come from their pip packages), usable by name: `--encoder photos`.
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 _FAMILIES: dict[str, type[Encoder]] = {}
-_FAMILY_MODULES = ("models.encoders.vse", "models.encoders.openclip", "models.encoders.dual_path",
-                   "models.encoders.gxn", "models.encoders.ensemble")
+_SCANNED: list[bool] = []
 
 
 def register_family(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
@@ -44,8 +46,13 @@ def register_family(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
 
 
 def _families() -> dict[str, type[Encoder]]:
-    for module in _FAMILY_MODULES:
-        importlib.import_module(module)
+    """Every family in this package: each module is imported once, and those defining a family
+    register it with `@register_family`, so a new family is a new module and nothing else."""
+    if not _SCANNED:
+        package = Path(__file__).resolve().parent
+        for module in pkgutil.iter_modules([str(package)]):
+            importlib.import_module(f"{__package__}.{module.name}")
+        _SCANNED.append(True)
     return _FAMILIES
 
 
@@ -170,3 +177,24 @@ def without_pretrained(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(config.get("image"), dict):
         config["image"].pop("pretrained", None)
     return config
+
+
+def resolve_encoder(spec: str, device: str = "cpu", runtime: str = "openvino") -> tuple[Encoder, str, str]:
+    """A checkpoint path, the name of a shipped trained encoder ("photos") or of a pretrained
+    registry config -> (encoder, where, hash). An image backbone runs on `runtime` for inference."""
+    path = shipped_encoder_path(spec) or Path(spec)
+    if path.suffix in (".pt", ".pth", ".ckpt") or path.exists():
+        encoder = load_encoder(path, device)
+        encoder.use_backbone_runtime(runtime)
+        return encoder, str(path.resolve()), file_sha256(path)
+    try:
+        config = get_encoder_config(spec)
+    except ValueError as error:
+        raise ValueError(f"{error}; shipped trained encoders: {', '.join(list_shipped_encoders()) or 'none'}; "
+                         "or give a checkpoint file") from None
+    if not (config.get("family") == "openclip" and config.get("pretrained")):
+        raise ValueError(f"encoder {spec!r} is an untrained architecture: train it (imgsearch train) and pass "
+                         "the checkpoint file, name a shipped trained encoder "
+                         f"({', '.join(list_shipped_encoders()) or 'none installed'}) or a pretrained open_clip config")
+    encoder = create_encoder(spec).to(device).eval()
+    return encoder, spec, hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()

@@ -316,8 +316,7 @@ def test_publish_vectors_serves_precomputed_embeddings(encoder_checkpoint, tmp_p
 
 
 def test_a_shipped_encoder_indexes_by_name(gallery, encoder_checkpoint, tmp_path, sessions, monkeypatch):
-    from indexer.build import resolve_encoder
-    from models.encoders import registry
+    from models.encoders import registry, resolve_encoder
 
     shipped = tmp_path / "pretrained"
     packed = _cli({}, "pack", str(encoder_checkpoint), "--out", str(shipped / "tiny_photos.pt"))

@@ -1,4 +1,5 @@
-"""Reads of the catalogue the app needs (keyword-only, one session each)."""
+"""Reads of the catalogue the app serves from (keyword-only, one session each); the indexer's
+builds write it."""
 
 from __future__ import annotations
 
