@@ -102,16 +102,16 @@ def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
         reconcile(index_dir, name, sessions)
         previous = store.current_version(index_dir, name)
         if previous is not None and previous.manifest["checkpoint_hash"] != checkpoint_hash and not full:
-            print(f"{name}: the encoder differs from version {previous.version}'s: re-encoding everything")
+            print(f"{name}: the encoder differs from version {previous.number}'s: re-encoding everything")
             full = True
         known = _known_images(sessions, previous)
         changes = scan_changes(records, known, full=full)
         if previous is not None and changes.nothing_to_do and not full:
-            return BuildReport(name, "up-to-date", previous.version, changes=changes.summary(),
+            return BuildReport(name, "up-to-date", previous.number, changes=changes.summary(),
                                skipped=changes.missing, seconds=time.perf_counter() - started)
         with _new_version(sessions, index_dir, name, gallery_key, encoder, encoder_path,
-                          checkpoint_hash) as (version, stage):
-            report = _build_version(sessions, version, stage, changes, previous, encoder, gallery_key,
+                          checkpoint_hash) as (row, stage):
+            report = _build_version(sessions, row, stage, changes, previous, encoder, gallery_key,
                                     index_dir, name, options)
         store.remove_old_versions(index_dir, name, keep=options.keep_versions)
     report.seconds = time.perf_counter() - started
@@ -132,17 +132,17 @@ def _new_version(sessions, index_dir: Path, name: str, gallery_key: str, encoder
                  checkpoint_hash: str) -> Iterator[tuple[IndexVersion, _Stage]]:
     """A registered 'building' version and its staging directory. On any failure (Ctrl-C
     included) what is not yet committed is undone and the version recorded as failed."""
-    version = _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash,
+    row = _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash,
                               store.versions_on_disk(index_dir, name))
     stage = _Stage(store.start_build(index_dir, name))
     try:
-        yield version, stage
+        yield row, stage
     except BaseException as error:
         if not stage.committed:
             store.abandon_build(stage.temporary)
             if stage.published is not None:
                 store.abandon_build(stage.published)
-            _mark_failed(sessions, version, f"{type(error).__name__}: {error}")
+            _mark_failed(sessions, row, f"{type(error).__name__}: {error}")
         # Committed but not switched: the catalogue says the new version is active, and the
         # next build (reconcile) points CURRENT at it; until then the previous one serves.
         raise
@@ -187,9 +187,9 @@ def _register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoi
     return row
 
 
-def _mark_failed(sessions, version: IndexVersion, message: str) -> None:
+def _mark_failed(sessions, row: IndexVersion, message: str) -> None:
     with sessions() as session, session.begin():
-        session.execute(update(IndexVersion).where(IndexVersion.id == version.id,
+        session.execute(update(IndexVersion).where(IndexVersion.id == row.id,
                                                    IndexVersion.status == "building").values(
             status="failed", message=message[:2000], finished_at=utc_now()))
 
@@ -210,13 +210,13 @@ def reconcile(index_dir: Path, name: str, sessions: sessionmaker[Session]) -> No
     except FileNotFoundError:  # CURRENT names a directory that is gone (e.g. lost in a power cut)
         current = None
     complete = store.versions_on_disk(index_dir, name)
-    if active is not None and active in complete and (current is None or current.version != active):
+    if active is not None and active in complete and (current is None or current.number != active):
         store.switch_current(index_dir, name, active)
     elif current is None and complete and store.pointer_stamp(index_dir, name) is not None:
         store.switch_current(index_dir, name, complete[-1])  # dangling CURRENT: the newest complete version
 
 
-def _build_version(sessions, version: IndexVersion, stage: _Stage, changes: GalleryChanges,
+def _build_version(sessions, row: IndexVersion, stage: _Stage, changes: GalleryChanges,
                    previous: store.StoredVersion | None, encoder: Encoder, gallery_key: str, index_dir: Path,
                    name: str, options: BuildOptions) -> BuildReport:
     to_encode = changes.new + [scanned for scanned, _ in changes.changed]
@@ -231,26 +231,26 @@ def _build_version(sessions, version: IndexVersion, stage: _Stage, changes: Gall
         removed_ids = [k.row_id for _, k in changes.removed]
         removed_ids += [k.row_id for s, k in changes.changed if s.record.image_id not in image_rows]
         _delete_unshared_images(session, name, removed_ids)
-        manifest = _write_and_activate(session, version, stage, arrays, encoder, index_dir, options,
+        manifest = _write_and_activate(session, row, stage, arrays, encoder, index_dir, options,
                                        encoded_images=len(encoded.kept), skipped_files=len(skipped))
     stage.committed = True
-    store.switch_current(index_dir, name, version.version)
-    return BuildReport(name, "built", version.version, len(arrays["image_ids"]), len(arrays["caption_ids"]),
+    store.switch_current(index_dir, name, row.version)
+    return BuildReport(name, "built", row.version, len(arrays["image_ids"]), len(arrays["caption_ids"]),
                        len(encoded.kept), len(kept), len(removed_ids), changes.summary(), manifest["image_index"],
                        manifest["caption_index"], skipped, 0.0, encoded.images_per_second)
 
 
-def _write_and_activate(session: Session, version: IndexVersion, stage: _Stage, arrays: dict[str, np.ndarray],
+def _write_and_activate(session: Session, row: IndexVersion, stage: _Stage, arrays: dict[str, np.ndarray],
                         encoder: Encoder, index_dir: Path, options: BuildOptions, **counts: int) -> dict:
     """Write the version's files, move them to their final place and mark the version active (the
     caller's transaction commits it; CURRENT is switched after the commit)."""
-    manifest = _write_version_files(stage.temporary, arrays, version, encoder, options)
-    published = store.publish(index_dir, version.index_name, stage.temporary, version.version)
+    manifest = _write_version_files(stage.temporary, arrays, row, encoder, options)
+    published = store.publish(index_dir, row.index_name, stage.temporary, row.version)
     stage.published = published.directory
-    _record_entries(session, version, arrays)
-    session.execute(update(IndexVersion).where(IndexVersion.index_name == version.index_name,
+    _record_entries(session, row, arrays)
+    session.execute(update(IndexVersion).where(IndexVersion.index_name == row.index_name,
                                                IndexVersion.status == "active").values(status="superseded"))
-    session.execute(update(IndexVersion).where(IndexVersion.id == version.id).values(
+    session.execute(update(IndexVersion).where(IndexVersion.id == row.id).values(
         status="active", image_count=len(arrays["image_ids"]), caption_count=len(arrays["caption_ids"]),
         directory=str(published.directory), image_index_type=manifest["image_index"]["factory"],
         caption_index_type=manifest["caption_index"]["factory"], finished_at=utc_now(),
@@ -281,13 +281,13 @@ def publish_vectors(*, name: str, index_dir: Path, sessions: sessionmaker[Sessio
     with build_lock(index_dir, name):
         reconcile(index_dir, name, sessions)
         with _new_version(sessions, index_dir, name, gallery, encoder, encoder_path,
-                          checkpoint_hash) as (version, stage):
+                          checkpoint_hash) as (row, stage):
             with sessions() as session, session.begin():
-                _write_and_activate(session, version, stage, arrays, encoder, index_dir, options)
+                _write_and_activate(session, row, stage, arrays, encoder, index_dir, options)
             stage.committed = True
-            store.switch_current(index_dir, name, version.version)
+            store.switch_current(index_dir, name, row.version)
         store.remove_old_versions(index_dir, name, keep=options.keep_versions)
-    return version.version
+    return row.version
 
 
 def _delete_unshared_images(session: Session, name: str, image_ids: list[int]) -> None:
@@ -421,7 +421,7 @@ def _previous_captions(previous, image_ids: list[int]) -> list[tuple[int, int]]:
     return [(int(c), int(i)) for c, i in zip(previous.ids("caption"), owners, strict=True) if int(i) in wanted]
 
 
-def _write_version_files(directory: Path, arrays: dict[str, np.ndarray], version: IndexVersion, encoder: Encoder,
+def _write_version_files(directory: Path, arrays: dict[str, np.ndarray], row: IndexVersion, encoder: Encoder,
                          options: BuildOptions) -> dict:
     started = time.perf_counter()
     gpu = faiss_index.gpu_available() and options.device != "cpu-only"
@@ -440,25 +440,25 @@ def _write_version_files(directory: Path, arrays: dict[str, np.ndarray], version
         np.save(directory / f"{key}.npy", array)
     calibration = fit_calibration(arrays["image_ids"], arrays["image_vectors"], arrays["caption_image_ids"],
                                   arrays["caption_vectors"])
-    manifest = {"name": version.index_name, "version": version.version, "encoder_name": encoder.name,
-                "encoder_path": version.encoder_path, "checkpoint_hash": version.checkpoint_hash,
-                "embed_dim": encoder.embed_dim, "metric": "inner_product", "gallery": version.gallery,
+    manifest = {"name": row.index_name, "version": row.version, "encoder_name": encoder.name,
+                "encoder_path": row.encoder_path, "checkpoint_hash": row.checkpoint_hash,
+                "embed_dim": encoder.embed_dim, "metric": "inner_product", "gallery": row.gallery,
                 "image_index": described["image"], "caption_index": described["caption"],
                 "image_count": int(len(arrays["image_ids"])), "caption_count": int(len(arrays["caption_ids"])),
                 "calibration": calibration.as_dict() if calibration else None,
                 "built_at": utc_now().isoformat(), "build_seconds": time.perf_counter() - started, "gpu": gpu}
-    (directory / "encoder.sha256").write_text(version.checkpoint_hash + "\n")
+    (directory / "encoder.sha256").write_text(row.checkpoint_hash + "\n")
     (directory / store.MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
-def _record_entries(session: Session, version: IndexVersion, arrays: dict[str, np.ndarray]) -> None:
+def _record_entries(session: Session, row: IndexVersion, arrays: dict[str, np.ndarray]) -> None:
     """The faiss id -> catalogue row mapping of this version, in bulk."""
-    rows = [{"version_id": version.id, "modality": "image", "faiss_id": i, "image_id": int(image_id),
-             "caption_id": None} for i, image_id in enumerate(arrays["image_ids"])]
-    rows += [{"version_id": version.id, "modality": "caption", "faiss_id": i, "image_id": int(image_id),
-              "caption_id": int(caption_id)}
-             for i, (caption_id, image_id) in enumerate(zip(arrays["caption_ids"], arrays["caption_image_ids"],
-                                                            strict=True))]
-    for start in range(0, len(rows), 10_000):
-        session.execute(insert(IndexEntry), rows[start:start + 10_000])
+    entries = [{"version_id": row.id, "modality": "image", "faiss_id": i, "image_id": int(image_id),
+                "caption_id": None} for i, image_id in enumerate(arrays["image_ids"])]
+    entries += [{"version_id": row.id, "modality": "caption", "faiss_id": i, "image_id": int(image_id),
+                 "caption_id": int(caption_id)}
+                for i, (caption_id, image_id) in enumerate(zip(arrays["caption_ids"], arrays["caption_image_ids"],
+                                                               strict=True))]
+    for start in range(0, len(entries), 10_000):
+        session.execute(insert(IndexEntry), entries[start:start + 10_000])

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadedVersion:
-    version: store.StoredVersion
+    stored: store.StoredVersion
     manifest: dict
     images: faiss.Index
     captions: faiss.Index
@@ -36,17 +36,17 @@ class LoadedVersion:
     caption_image_ids: np.ndarray  # faiss row -> image row id of the caption
 
     @classmethod
-    def load(cls, version: store.StoredVersion, gpu: bool = False) -> LoadedVersion:
-        manifest = version.manifest
+    def load(cls, stored: store.StoredVersion, gpu: bool = False) -> LoadedVersion:
+        manifest = stored.manifest
         indexes = {}
         for modality in ("image", "caption"):
-            index = faiss_index.read_index(str(version.directory / f"{modality}s.faiss"), gpu=gpu)
+            index = faiss_index.read_index(str(stored.directory / f"{modality}s.faiss"), gpu=gpu)
             value = manifest[f"{modality}_index"].get("search_value")
             if value:
                 faiss_index.set_search_param(index, int(value))
             indexes[modality] = index
-        loaded = cls(version, manifest, indexes["image"], indexes["caption"], version.ids("image"),
-                     version.ids("caption"), version.ids("caption_image"))
+        loaded = cls(stored, manifest, indexes["image"], indexes["caption"], stored.ids("image"),
+                     stored.ids("caption"), stored.ids("caption_image"))
         # Built now, not by the first image-id query: the id map of 1M images takes about a second,
         # and the vector file is opened while its version directory surely exists.
         _ = loaded._image_positions, loaded._image_vectors
@@ -63,7 +63,7 @@ class LoadedVersion:
 
     @cached_property
     def _image_vectors(self) -> np.ndarray:
-        return np.load(self.version.directory / "image_vectors.npy", mmap_mode="r")
+        return np.load(self.stored.directory / "image_vectors.npy", mmap_mode="r")
 
     def image_vector(self, image_id: int) -> np.ndarray | None:
         """The stored (normalised) vector of an indexed image, or None if this version lacks it."""
@@ -110,7 +110,7 @@ class LiveIndex:
         try:
             self.prepare(loaded)
         except Exception as error:  # e.g. a missing encoder: queries report it; the index still loads
-            log.error("index %s version %s: preparing failed (%s)", self.name, loaded.version.version, error)
+            log.error("index %s version %s: preparing failed (%s)", self.name, loaded.stored.number, error)
 
     def reload_in_background(self) -> None:
         """If CURRENT changed, load the new version in a thread and return at once: queries keep
@@ -134,15 +134,15 @@ class LiveIndex:
             if stamp == self._pointer_stamp:
                 return False
             self._pointer_stamp = stamp  # a version that fails to load is not retried on every request
-            version = store.current_version(self.index_dir, self.name)
-            if version is not None and (self._loaded is None or version.version != self._loaded.version.version):
-                loaded = LoadedVersion.load(version, self.gpu)
+            stored = store.current_version(self.index_dir, self.name)
+            if stored is not None and (self._loaded is None or stored.number != self._loaded.stored.number):
+                loaded = LoadedVersion.load(stored, self.gpu)
                 self._prepare(loaded)
                 self._loaded = loaded  # fully loaded (and prepared) before it is visible
             return True
         except (OSError, RuntimeError, KeyError, ValueError) as error:  # faiss raises RuntimeError
             log.error("index %s: cannot load the version CURRENT names (%s); still serving %s", self.name, error,
-                      self._loaded.version.version if self._loaded else "nothing")
+                      self._loaded.stored.number if self._loaded else "nothing")
             if self._loaded is None:
                 raise
             return False

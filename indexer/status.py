@@ -49,7 +49,7 @@ def index_status(index_dir: Path, sessions: sessionmaker[Session], name: str) ->
     with sessions() as session:
         rows = session.scalars(select(IndexVersion).where(IndexVersion.index_name == name)
                                .order_by(IndexVersion.version)).all()
-    return IndexStatus(name, current.version if current else None, current.manifest if current else {},
+    return IndexStatus(name, current.number if current else None, current.manifest if current else {},
                        [r.version for r in rows if r.status == "building"],
                        [(r.version, r.message) for r in rows if r.status == "failed"])
 

@@ -26,7 +26,7 @@ MANIFEST = "manifest.json"
 @dataclass(frozen=True)
 class StoredVersion:
     name: str
-    version: int
+    number: int
     directory: Path
     _ids: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
@@ -136,8 +136,8 @@ def remove_old_versions(index_dir: Path, name: str, keep: int = 2) -> list[int]:
     current = current_version(index_dir, name)
     if current is None:
         return []
-    versions = [v for v in versions_on_disk(index_dir, name) if v <= current.version]
-    doomed = [v for v in versions[:-keep] if v != current.version]
+    versions = [v for v in versions_on_disk(index_dir, name) if v <= current.number]
+    doomed = [v for v in versions[:-keep] if v != current.number]
     for version in doomed:
         shutil.rmtree(index_root(index_dir, name) / "versions" / version_dirname(version), ignore_errors=True)
     return doomed

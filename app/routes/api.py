@@ -199,7 +199,7 @@ def stats(served: ServedDep, settings: SettingsDep) -> Stats:
     described = []
     for name in served.discover():
         current = served.get(name)
-        m = current.version.manifest
+        m = current.loaded.manifest
         described.append(IndexStats(name=name, version=m["version"], encoder=m["encoder_name"],
                                     checkpoint_hash=m["checkpoint_hash"], images=m["image_count"],
                                     captions=m["caption_count"], image_index=m["image_index"]["factory"],

@@ -61,7 +61,7 @@ def _about(served) -> dict:
         current = served.get(None)
     except ServiceError as error:
         return {"error": error.message}
-    manifest = current.version.manifest
+    manifest = current.loaded.manifest
     return {"index": current.name, "version": manifest["version"], "encoder": manifest["encoder_name"],
             "images": manifest["image_count"], "captions": manifest["caption_count"],
             "built_at": manifest["built_at"][:19].replace("T", " "), "served": served.names}

@@ -145,7 +145,7 @@ class SearchService:
             return served.encoder.encode_image([query.image])[0].cpu().numpy()
         if query.image_id is None:
             raise BadQuery("give an image: an upload or a gallery image id")
-        vector = served.version.image_vector(query.image_id)
+        vector = served.loaded.image_vector(query.image_id)
         if vector is None:
             raise NotFound(f"image {query.image_id} is not in index {served.name!r}")
         return vector
@@ -175,7 +175,7 @@ class SearchService:
             # does not want it pays nothing. The version makes it a new URL (not a stale cached
             # picture) once a new model is published under the same index name.
             link = urlencode({"q": self.check_text(text), "index": served.name,
-                              "version": served.version.version.version})
+                              "version": served.loaded.stored.number})
             response.imagined_image_url = f"/api/imagine?{link}"
         return response
 
@@ -204,7 +204,7 @@ class SearchService:
         """The serving encoder's imagined image for `text` as PNG bytes, and whether it may be cached:
         not when the link was made for another `version` (the picture is the served model's)."""
         served = self.served.get(index)
-        cacheable = version is None or version == served.version.version.version
+        cacheable = version is None or version == served.loaded.stored.number
         if not served.encoder.imagines_texts:
             raise NotFound(f"index {served.name!r} serves encoder {served.encoder.name!r}, which has no image "
                            "generator (only GXN encoders trained with the imagine branch have one)")
@@ -255,7 +255,7 @@ class SearchService:
                  offset: int, cutoff: Cutoff, exclude: set[int] | None = None, rerank_top: int | None = None,
                  collapse: bool = True) -> SearchResponse:
         exclude = exclude or set()
-        if cutoff.min_relevance is not None and served.version.calibration is None:
+        if cutoff.min_relevance is not None and served.loaded.calibration is None:
             raise BadQuery(f"index {served.name!r} has no relevance calibration (its gallery has no captions): "
                            "filter with min_score, the raw cosine, instead")
         collapsing = collapse and target == "caption"
@@ -276,13 +276,13 @@ class SearchService:
                 break
             wanted = min(4 * wanted, MAX_COLLAPSE_CANDIDATES)
         page = hits[offset:offset + k]
-        if served.version.calibration is not None:
-            for hit, relevance in zip(page, served.version.calibration.relevance([h.score for h in page]),
+        if served.loaded.calibration is not None:
+            for hit, relevance in zip(page, served.loaded.calibration.relevance([h.score for h in page]),
                                       strict=True):
                 hit.relevance = round(float(relevance), 4)
         if self.observe_timings:
             self.observe_timings(mode, clock.ms)
-        return SearchResponse(index=served.name, version=served.version.version.version,
+        return SearchResponse(index=served.name, version=served.loaded.stored.number,
                               encoder=served.encoder.name, mode=mode, k=k, offset=offset, results=page,
                               warnings=query.warnings, notes=query.notes, timings_ms=clock.rounded())
 
@@ -290,7 +290,7 @@ class SearchService:
                 cutoff: Cutoff) -> tuple[np.ndarray, np.ndarray, bool]:
         """(scores, ids) of the `wanted` nearest, re-ranked and cut off; True when the index holds
         no more than that."""
-        scores, ids = served.version.search(target, vector[None, :], wanted)
+        scores, ids = served.loaded.search(target, vector[None, :], wanted)
         scores, ids = scores[0], ids[0]
         exhausted = len(ids) < wanted or bool((ids < 0).any())
         keep = ids >= 0
@@ -301,8 +301,8 @@ class SearchService:
             above = scores >= cutoff.min_score
             scores, ids = scores[above], ids[above]
             exhausted = exhausted or not above.all()
-        if cutoff.min_relevance is not None and served.version.calibration is not None:
-            above = served.version.calibration.relevance(scores) >= cutoff.min_relevance
+        if cutoff.min_relevance is not None and served.loaded.calibration is not None:
+            above = served.loaded.calibration.relevance(scores) >= cutoff.min_relevance
             scores, ids = scores[above], ids[above]
             exhausted = exhausted or not above.all()
         return scores, ids, exhausted
@@ -314,7 +314,7 @@ class SearchService:
         reported score stays the similarity to the query."""
         if len(ids) < 2:
             return scores, ids
-        vectors = served.version.image_vectors(ids)
+        vectors = served.loaded.image_vectors(ids)
         centroid = normalise(vectors.mean(axis=0))
         order = np.argsort(-(vectors @ centroid), kind="stable")
         return scores[order], ids[order]

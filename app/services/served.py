@@ -20,7 +20,7 @@ from models.encoders import Encoder, resolve_encoder
 @dataclass
 class Served:
     name: str
-    version: LoadedVersion
+    loaded: LoadedVersion
     encoder: Encoder
 
 
@@ -68,39 +68,39 @@ class ServedIndexes:
             raise NotFound(f"unknown encoder/index {name!r}; served: {', '.join(self.names) or 'none'}")
         live = self._live[chosen]
         live.reload_in_background()  # one stat() per request: new versions serve without a restart
-        version = live.current
-        return Served(chosen, version, self._encoder_for(version))
+        loaded = live.current
+        return Served(chosen, loaded, self._encoder_for(loaded))
 
     def reload_all(self) -> dict[str, int]:
         self.discover()
         live_indexes = dict(self._live)  # replaced, never mutated, so iterating a snapshot is safe
         for live in live_indexes.values():
             live.reload_if_changed(wait=True)
-        return {name: live.current.version.version for name, live in live_indexes.items()}
+        return {name: live.current.stored.number for name, live in live_indexes.items()}
 
-    def _prepare(self, version: LoadedVersion) -> None:
+    def _prepare(self, loaded: LoadedVersion) -> None:
         """Load the version's encoder and run one query of each kind through it and both indexes
         before it serves: the first real query otherwise pays for thread pools, compiled graphs and
         first-touch memory (about 200 ms instead of 10)."""
-        encoder = self._encoder_for(version)
+        encoder = self._encoder_for(loaded)
         with torch.no_grad():
             text = encoder.encode_text(["a photo"]).cpu().numpy()
             image = encoder.encode_image([Image.new("RGB", (encoder.image_size,) * 2)]).cpu().numpy()
         for modality in ("image", "caption"):
-            version.search(modality, text, 10)
-            version.search(modality, image, 10)
+            loaded.search(modality, text, 10)
+            loaded.search(modality, image, 10)
 
-    def _encoder_for(self, version: LoadedVersion) -> Encoder:
-        checkpoint_hash = version.manifest["checkpoint_hash"]
+    def _encoder_for(self, loaded: LoadedVersion) -> Encoder:
+        checkpoint_hash = loaded.manifest["checkpoint_hash"]
         encoder = self._encoders.get(checkpoint_hash)
         if encoder is None:
             with self._lock:
                 encoder = self._encoders.get(checkpoint_hash)
                 if encoder is None:
-                    encoder, _, found_hash = resolve_encoder(version.manifest["encoder_path"], self.device,
+                    encoder, _, found_hash = resolve_encoder(loaded.manifest["encoder_path"], self.device,
                                                                     self.backbone_runtime)
                     if found_hash != checkpoint_hash:  # queries must be encoded by the model that built the index
-                        raise Unavailable(f"the encoder checkpoint {version.manifest['encoder_path']} changed after "
-                                          f"index {version.manifest['name']!r} was built: reindex it with --full")
+                        raise Unavailable(f"the encoder checkpoint {loaded.manifest['encoder_path']} changed after "
+                                          f"index {loaded.manifest['name']!r} was built: reindex it with --full")
                     self._encoders[checkpoint_hash] = encoder
         return encoder

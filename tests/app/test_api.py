@@ -84,10 +84,10 @@ def test_arithmetic_is_the_normalised_sum_of_normalised_vectors(client, gallery_
     query /= np.linalg.norm(query)
     response = client.post("/api/search/arithmetic", files={"file": ("q.png", png_bytes(), "image/png")},
                            data={"minus": "red", "plus": "blue", "k": 5}).json()
-    stored = client.app.state.served.get("tiny").version
+    loaded = client.app.state.served.get("tiny").loaded
     for hit in response["results"]:  # each score is <query, stored image vector>
-        assert hit["score"] == pytest.approx(float(stored.image_vector(hit["id"]) @ query), abs=1e-5)
-    everything = stored.image_vectors(stored.image_ids) @ query
+        assert hit["score"] == pytest.approx(float(loaded.image_vector(hit["id"]) @ query), abs=1e-5)
+    everything = loaded.image_vectors(loaded.image_ids) @ query
     assert response["results"][0]["score"] == pytest.approx(float(everything.max()), abs=1e-5)
 
 

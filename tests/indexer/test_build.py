@@ -99,9 +99,9 @@ def test_incremental_update_encodes_only_what_changed(gallery, encoder_checkpoin
     assert report.reused_images == 28 and report.removed_images == 1
     assert report.image_count == 30 and report.caption_count == 30 * 5 - 5 - 4 + 1
     assert [Path(p).name for p, _ in report.skipped.skipped] == [images[2].name]  # the deleted file, reported
-    version = store.current_version(index_dir, "main")
-    assert version.version == 2 and len(version.ids("image")) == 30
-    assert _search_caption(version, encoder_checkpoint, "a brand new caption") in _same_text_ids(
+    stored = store.current_version(index_dir, "main")
+    assert stored.number == 2 and len(stored.ids("image")) == 30
+    assert _search_caption(stored, encoder_checkpoint, "a brand new caption") in _same_text_ids(
         sessions, "a brand new caption")
     assert _count(sessions, ImageRow) == 30
     with sessions() as session:
@@ -111,7 +111,7 @@ def test_incremental_update_encodes_only_what_changed(gallery, encoder_checkpoin
     # The reused vectors are the previous version's, row for row.
     previous = store.StoredVersion("main", 1, index_dir / "main" / "versions" / "v000001")
     old = dict(zip(previous.ids("image").tolist(), previous.vectors("image"), strict=True))
-    new = dict(zip(version.ids("image").tolist(), version.vectors("image"), strict=True))
+    new = dict(zip(stored.ids("image").tolist(), stored.vectors("image"), strict=True))
     shared = set(old) & set(new)
     assert len(shared) == 29 and sum(np.array_equal(old[i], new[i]) for i in shared) == 28
 
@@ -153,7 +153,7 @@ def test_crash_between_commit_and_switch_is_repaired_by_the_next_build(gallery, 
     monkeypatch.setattr(store, "switch_current", crash)
     with pytest.raises(KeyboardInterrupt):
         _build(gallery, encoder_checkpoint, index_dir, sessions)
-    assert store.current_version(index_dir, "main").version == 1  # the previous version still serves
+    assert store.current_version(index_dir, "main").number == 1  # the previous version still serves
     with sessions() as session:
         assert session.scalar(select(IndexVersion.status).where(IndexVersion.version == 2)) == "active"
     monkeypatch.setattr(store, "switch_current", real_switch)
@@ -206,7 +206,7 @@ def test_interrupted_build_leaves_previous_version_serving(gallery, encoder_chec
     with pytest.raises(KeyboardInterrupt):
         _build(gallery, encoder_checkpoint, index_dir, sessions)
     assert (index_dir / "main" / store.POINTER).read_text() == before
-    assert store.current_version(index_dir, "main").version == 1
+    assert store.current_version(index_dir, "main").number == 1
     assert not list((index_dir / "main" / "versions").glob(".tmp-*"))
     assert sorted(p.name for p in (index_dir / "main" / "versions").iterdir()) == ["v000001"]
     with sessions() as session:
@@ -312,7 +312,7 @@ def test_publish_vectors_serves_precomputed_embeddings(encoder_checkpoint, tmp_p
     with pytest.raises(ValueError, match="must be L2-normalised"):
         publish_vectors(name="imported", index_dir=tmp_path / "idx", sessions=sessions, gallery="/imported",
                         encoder_spec=str(encoder_checkpoint), arrays=arrays)
-    assert store.current_version(tmp_path / "idx", "imported").version == 1  # the bad calls changed nothing
+    assert store.current_version(tmp_path / "idx", "imported").number == 1  # the bad calls changed nothing
 
 
 def test_a_shipped_encoder_indexes_by_name(gallery, encoder_checkpoint, tmp_path, sessions, monkeypatch):
@@ -357,4 +357,4 @@ build_index(gallery={str(gallery)!r}, encoder_spec={str(encoder_checkpoint)!r}, 
     report = _build(gallery, encoder_checkpoint, index_dir, sessions)
     assert report.status == "up-to-date"  # nothing to encode: it still cleans up
     assert not list((index_dir / "main" / "versions").glob(".tmp-*"))
-    assert store.current_version(index_dir, "main").version == 1
+    assert store.current_version(index_dir, "main").number == 1

@@ -27,7 +27,7 @@ def test_live_index_reloads_new_versions_without_failed_searches(gallery, encode
         LiveIndex(tmp_path / "idx", "live").current  # noqa: B018
     build()
     live = LiveIndex(tmp_path / "idx", "live")
-    assert live.current.version.version == 1 and not live.reload_if_changed()
+    assert live.current.stored.number == 1 and not live.reload_if_changed()
     query = load_encoder(encoder_checkpoint).encode_text(["a red circle"]).numpy()
     scores, ids = live.current.search("image", query, 5)
     assert ids.shape == (1, 5) and (ids > 0).all() and np.all(np.diff(scores[0]) <= 1e-6)
@@ -51,7 +51,7 @@ def test_live_index_reloads_new_versions_without_failed_searches(gallery, encode
     stop.set()
     searcher.join()
     live.reload_if_changed()
-    assert not failures and live.current.version.version == 2
+    assert not failures and live.current.stored.number == 2
     assert live.current.search("image", query, 100)[1].shape == (1, 30)  # k is capped at the index size
     # A version that cannot be loaded (here: its index file is corrupt) is skipped: v2 keeps serving.
     build()  # nothing changed: no new version; force one with a damaged file
@@ -63,5 +63,5 @@ def test_live_index_reloads_new_versions_without_failed_searches(gallery, encode
         (broken.parent / "v000003" / item.name).write_bytes(item.read_bytes())
     (broken.parent / "v000003" / "images.faiss").write_bytes(b"garbage")
     store.switch_current(tmp_path / "idx", "live", 3)
-    assert live.reload_if_changed() is False and live.current.version.version == 2
+    assert live.reload_if_changed() is False and live.current.stored.number == 2
     assert live.current.search("caption", query, 3)[1].shape == (1, 3)
