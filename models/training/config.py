@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,14 +80,19 @@ class TrainConfig:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"{path}: invalid TOML ({error})") from error
-        return cls.from_dict(values, **overrides)
+        try:
+            return cls.from_dict(values, **overrides)
+        except (ValueError, TypeError) as error:  # an unknown or mistyped option: say which file
+            raise ValueError(f"{path}: {error}") from error
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+            close = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+            hints = [f"{u} (did you mean {close[u][0]}?)" if close[u] else u for u in unknown]
+            raise ValueError(f"unknown training option(s): {', '.join(hints)}")
         merged = {**values, **{k: v for k, v in overrides.items() if v is not None}}
         return cls(**merged)
 

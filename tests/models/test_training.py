@@ -166,3 +166,13 @@ def test_word_dropout_leaves_words_out_but_never_all():
     assert drop_words("square", 0.99, rng) == "square"
     with pytest.raises(ValueError, match="word_dropout"):
         TrainConfig.from_dict({"word_dropout": 1.0})
+
+
+def test_a_misspelt_training_option_fails_naming_it_and_the_file(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('model = "vse_tiny_gru"\nepochz = 3\n')
+    with pytest.raises(ValueError, match=r"run\.toml: unknown training option\(s\): epochz \(did you mean epochs\?\)"):
+        TrainConfig.from_file(config)
+    config.write_text('epochs = "3"\n')
+    with pytest.raises(ValueError, match=r"run\.toml: training option epochs = '3': expected int"):
+        TrainConfig.from_file(config)
