@@ -25,6 +25,7 @@ from models.encoders.base import (
     PretrainedUnavailableError,
     under_prefixes,
 )
+from models.encoders.config_schema import check_encoder_config
 from models.io import file_sha256
 from models.vocab import Vocabulary
 
@@ -114,7 +115,9 @@ def family_class(config: dict[str, Any]) -> type[Encoder]:
 def create_encoder(name: str, vocab: Vocabulary | None = None, overrides: dict[str, Any] | None = None,
                    config: dict[str, Any] | None = None) -> Encoder:
     """Build an untrained (or pretrained, where its config says so) encoder by registry name."""
+    source = "the given config" if config is not None else f"models/configs/{name}.json"
     config = merge_config(config if config is not None else get_encoder_config(name), overrides)
+    check_encoder_config(config, source + (" with overrides" if overrides else ""))
     try:
         cls = family_class(config)
     except ValueError as error:

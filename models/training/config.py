@@ -81,9 +81,20 @@ class TrainConfig:
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"{path}: invalid TOML ({error})") from error
         try:
-            return cls.from_dict(values, **overrides)
+            config = cls.from_dict(values, **overrides)
+            config.check_model_overrides()
         except (ValueError, TypeError) as error:  # an unknown or mistyped option: say which file
             raise ValueError(f"{path}: {error}") from error
+        return config
+
+    def check_model_overrides(self) -> None:
+        """A misspelt key in `model_overrides` fails now, not silently at training time."""
+        from models.encoders.config_schema import check_encoder_config
+        from models.encoders.registry import get_encoder_config, list_encoders, merge_config
+
+        if self.model_overrides and self.model in list_encoders():
+            check_encoder_config(merge_config(get_encoder_config(self.model), self.model_overrides),
+                                 f"model_overrides on {self.model}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], **overrides: Any) -> TrainConfig:

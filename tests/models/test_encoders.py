@@ -205,3 +205,22 @@ def test_dual_path_and_gxn_take_a_sentence_transformer_text_path(tmp_path, tiny_
     if name == "gxn_tiny":
         assert loaded.text_high.transformer is loaded.text_low.transformer
         assert loaded.vocabulary_words() == VOCAB.words
+
+
+def test_a_misspelt_encoder_config_key_fails_naming_it_and_where_it_came_from(tmp_path):
+    from models.training import TrainConfig
+
+    with pytest.raises(ValueError, match=r"vse_tiny_gru\.json with overrides: encoder config: unknown key "
+                                         r"'image\.dropuot'"):
+        create_encoder("vse_tiny_gru", vocab=VOCAB, overrides={"image": {"dropuot": 0.1}})
+    with pytest.raises(ValueError, match=r"unknown key 'lossy'"):
+        create_encoder("custom", vocab=VOCAB, config={"family": "vse", "embed_dim": 8, "lossy": {}})
+    config = tmp_path / "run.toml"
+    config.write_text('model = "vsepp_resnet18_gru"\nmodel_overrides = { text = { word_dimm = 64 } }\n')
+    with pytest.raises(ValueError, match=r"run\.toml: model_overrides on vsepp_resnet18_gru: encoder config: "
+                                         r"unknown key 'text\.word_dimm'"):
+        TrainConfig.from_file(config)
+    from models.encoders.config_schema import check_encoder_config
+
+    for name in list_encoders():  # every config in the registry parses
+        assert check_encoder_config(get_encoder_config(name), name).family == get_encoder_config(name)["family"]
