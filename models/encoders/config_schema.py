@@ -7,86 +7,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ImageSection(_Section):
-    backbone: Any = None
-    pretrained: Any = None
-    freeze: Any = None
-    dropout: Any = None
-    hidden: Any = None               # two-layer projection (VSE)
-    train_last_blocks: Any = None
-    backbone_lr_scale: Any = None
-    model: Any = None                # open_clip visual tower
-    model_cfg: Any = None
+def _section(name: str, keys: str) -> type[_Section]:
+    """A section model accepting exactly `keys` (space-separated), each any value or absent."""
+    return create_model(name, __base__=_Section, **{key: (Any, None) for key in keys.split()})
 
 
-class TextSection(_Section):
-    kind: Any = None                 # gru | lstm | sentence_transformer | textcnn | openclip
-    word_dim: Any = None
-    hidden_dim: Any = None
-    max_length: Any = None
-    layers: Any = None
-    rnn: Any = None
-    path: Any = None                 # sentence-transformer folder or package
-    freeze: Any = None
-    dropout: Any = None
-    blocks: Any = None               # TextCNN
-    channels: Any = None
-    position_shift: Any = None
-    word_vectors: Any = None
-
-
-class LossSection(_Section):
-    kind: Any = None                 # sum_hinge | max_hinge | infonce
-    margin: Any = None
-    warmup_epochs: Any = None
-    anneal_epochs: Any = None
-    temperature: Any = None
-    weight: Any = None
-
-
-class InstanceLossSection(_Section):
-    weight: Any = None
-    dropout: Any = None
-    classes: Any = None
-
-
-class StagesSection(_Section):
-    stage1_epochs: Any = None
-    stage1_backbone: Any = None
-
-
-class CaptionSection(_Section):
-    attention_dim: Any = None
-    beam_width: Any = None
-    hidden_dim: Any = None
-    max_length: Any = None
-    regions_from: Any = None
-    scst_from_epoch: Any = None
-    scst_weight: Any = None
-    weight: Any = None
-    word_dim: Any = None
-
-
-class ImagineSection(_Section):
-    condition_dim: Any = None
-    discriminator_lr: Any = None
-    discriminator_width: Any = None
-    generator_width: Any = None
-    image_size: Any = None
-    kl_weight: Any = None
-    noise_dim: Any = None
-    weight: Any = None
-
-
-class ScheduleSection(_Section):
-    warmup_epochs: Any = None
+# image: the backbone and its projection (hidden: VSE's two-layer projection; model, model_cfg: open_clip)
+ImageSection = _section("ImageSection", "backbone pretrained freeze dropout hidden train_last_blocks "
+                                        "backbone_lr_scale model model_cfg")
+# text: gru | lstm | sentence_transformer | textcnn (blocks, channels, position_shift, word_vectors)
+TextSection = _section("TextSection", "kind word_dim hidden_dim max_length layers rnn path freeze dropout blocks "
+                                      "channels position_shift word_vectors")
+LossSection = _section("LossSection", "kind margin warmup_epochs anneal_epochs temperature weight")
+InstanceLossSection = _section("InstanceLossSection", "weight dropout classes")          # Dual-Path
+StagesSection = _section("StagesSection", "stage1_epochs stage1_backbone")               # Dual-Path
+CaptionSection = _section("CaptionSection", "attention_dim beam_width hidden_dim max_length regions_from "
+                                            "scst_from_epoch scst_weight weight word_dim")  # GXN
+ImagineSection = _section("ImagineSection", "condition_dim discriminator_lr discriminator_width generator_width "
+                                            "image_size kl_weight noise_dim weight")  # GXN
+ScheduleSection = _section("ScheduleSection", "warmup_epochs")                           # GXN
 
 
 class EncoderConfig(_Section):
