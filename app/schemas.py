@@ -87,10 +87,10 @@ class TextQuery(BaseModel):
 
 
 class Term(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
     """One term of a query: a text, a gallery image id, or the i-th uploaded file; with a weight
     (negative to subtract)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     text: str | None = None
     image_id: int | None = Field(None, ge=1, le=2**62)

@@ -39,21 +39,31 @@ from models.vocab import tokenize  # noqa: E402
 
 
 class Tally:
-    """Hits per (row, aspect); aspects are colour, shape and both."""
+    """Hits per (row, aspect), as a percentage of the row's queries; aspects are colour, shape and
+    both, or only both for a row of shares (P@10)."""
 
     def __init__(self) -> None:
         self.hits: dict[tuple[str, str], float] = defaultdict(float)
         self.queries: dict[str, int] = defaultdict(int)
+        self.aspects: dict[str, tuple[str, ...]] = {}
 
     def add(self, row: str, colour: bool, shape: bool, both: bool) -> None:
         """`both`: one object has the colour and the shape (not a red square beside a blue circle)."""
+        self._count(row, colour=colour, shape=shape, both=both)
+
+    def add_share(self, row: str, both: float) -> None:
+        """A query whose `both` is a share (0-1) of its results rather than a hit."""
+        self._count(row, both=both)
+
+    def _count(self, row: str, **aspects: float) -> None:
         self.queries[row] += 1
-        for aspect, hit in (("colour", colour), ("shape", shape), ("both", both)):
+        self.aspects[row] = tuple(aspects)
+        for aspect, hit in aspects.items():
             self.hits[row, aspect] += hit
 
     def rows(self) -> dict[str, dict[str, float]]:
         return {row: {"queries": n, **{aspect: round(100 * self.hits[row, aspect] / n, 1)
-                                       for aspect in ("colour", "shape", "both")}}
+                                       for aspect in self.aspects[row]}}
                 for row, n in self.queries.items()}
 
 
@@ -89,9 +99,8 @@ def measure(service: SearchService, index: str, data: Path) -> tuple[Tally, dict
             top = record_of[hits[0].id]
             tally.add("text -> image", any(c == colour for c, _ in objects_of(top)),
                       any(s == shape for _, s in objects_of(top)), (colour, shape) in objects_of(top))
-            tally.hits["text -> image P@10", "both"] += sum((colour, shape) in objects_of(record_of[h.id])
-                                                            for h in hits) / len(hits)
-            tally.queries["text -> image P@10"] += 1
+            shown_both = [(colour, shape) in objects_of(record_of[h.id]) for h in hits]
+            tally.add_share("text -> image P@10", sum(shown_both) / len(hits))
     queries = [r for r in records if r.split == "test" and len(r.attributes["objects"]) == 1]
     for record in queries:
         ((colour, shape),) = objects_of(record)
@@ -127,8 +136,6 @@ def main() -> None:
     service, index, data = open_demo(args.demo) if args.demo else build_fresh(args.checkpoint, args.data)
     tally, sizes = measure(service, index, data)
     rows = tally.rows()
-    rows["text -> image P@10"] = {"queries": rows["text -> image P@10"]["queries"],
-                                  "both": rows["text -> image P@10"]["both"]}
     encoder = service.served.get(index).encoder.name
     print(f"encoder {encoder}; gallery {sizes['gallery']} scenes; "
           f"{sizes['single_object_queries']} held-out single-object query scenes")

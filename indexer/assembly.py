@@ -10,7 +10,7 @@ from models.encoders import Encoder
 
 
 def assemble(previous, encoder: Encoder, image_rows: dict[str, int], encoded, kept, captions,
-              recaptioned: set[int], progress: bool) -> dict[str, np.ndarray]:
+             recaptioned: set[int], progress: bool) -> dict[str, np.ndarray]:
     """The new version's vectors and id arrays: reused rows from the previous version plus new ones."""
     dim = encoder.embed_dim
     image_ids = [k.row_id for _, k in kept]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import assembly, catalogue_writes, store, version_files
+from indexer import assembly, catalogue_reads, catalogue_writes, store, version_files
 from indexer.catalogue import IndexVersion
 from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, scan_changes
 from indexer.pipeline import encode_image_files
@@ -101,7 +101,7 @@ def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
         if previous is not None and previous.manifest["checkpoint_hash"] != checkpoint_hash and not full:
             print(f"{name}: the encoder differs from version {previous.number}'s: re-encoding everything")
             full = True
-        known = catalogue_writes.known_images(sessions, previous)
+        known = catalogue_reads.known_images(sessions, previous)
         changes = scan_changes(records, known, full=full)
         if previous is not None and changes.nothing_to_do and not full:
             return BuildReport(name, "up-to-date", previous.number, changes=changes.summary(),
@@ -130,7 +130,7 @@ def _new_version(sessions, index_dir: Path, name: str, gallery_key: str, encoder
     """A registered 'building' version and its staging directory. On any failure (Ctrl-C
     included) what is not yet committed is undone and the version recorded as failed."""
     row = catalogue_writes.register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash,
-                              store.versions_on_disk(index_dir, name))
+                                          store.versions_on_disk(index_dir, name))
     stage = _Stage(store.start_build(index_dir, name))
     try:
         yield row, stage

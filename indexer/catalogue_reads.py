@@ -1,5 +1,5 @@
-"""Reads of the catalogue the app serves from (keyword-only, one session each); the indexer's
-builds write it."""
+"""Reads of the catalogue: the rows the app serves from (keyword-only, one session each), and the
+images a build compares a gallery against. Builds write it through `catalogue_writes`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from indexer import store
 from indexer.catalogue import CaptionRow, ImageRow
+from indexer.gallery import KnownImage
 
 
 @dataclass(frozen=True)
@@ -65,3 +67,19 @@ def captions_by_id(*, session: Session, caption_ids: Sequence[int]) -> dict[int,
 
 def image_by_id(*, session: Session, image_id: int) -> ImageInfo | None:
     return images_by_id(session=session, image_ids=[image_id]).get(int(image_id))
+
+
+def known_images(sessions: sessionmaker[Session], previous: store.StoredVersion | None) -> dict[str, KnownImage]:
+    """The images the current version holds, as the catalogue remembers them (keyed by gallery path)."""
+    if previous is None:
+        return {}
+    ids = [int(i) for i in previous.ids("image")]
+    known: dict[str, KnownImage] = {}
+    with sessions() as session:
+        for start in range(0, len(ids), 5000):
+            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids[start:start + 5000]))
+                                   .options(selectinload(ImageRow.captions))).all()
+            for row in rows:
+                captions = tuple(c.text for c in row.captions if c.source == "human")
+                known[row.path] = KnownImage(row.id, row.file_size, row.file_mtime_ns, row.content_hash, captions)
+    return known

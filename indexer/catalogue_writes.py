@@ -7,31 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import store
 from indexer.catalogue import CaptionRow, ImageRow, IndexEntry, IndexVersion, utc_now
-from indexer.gallery import GalleryChanges, KnownImage, ScannedFile
-
-
-def known_images(sessions: sessionmaker[Session], previous: store.StoredVersion | None) -> dict[str, KnownImage]:
-    """The images the current version holds, as the catalogue remembers them (keyed by gallery path)."""
-    if previous is None:
-        return {}
-    ids = [int(i) for i in previous.ids("image")]
-    known: dict[str, KnownImage] = {}
-    with sessions() as session:
-        for start in range(0, len(ids), 5000):
-            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids[start:start + 5000]))
-                                   .options(selectinload(ImageRow.captions))).all()
-            for row in rows:
-                captions = tuple(c.text for c in row.captions if c.source == "human")
-                known[row.path] = KnownImage(row.id, row.file_size, row.file_mtime_ns, row.content_hash, captions)
-    return known
+from indexer.gallery import GalleryChanges, ScannedFile
 
 
 def register_build(sessions, name, gallery_key, encoder, encoder_path, checkpoint_hash,
-                    on_disk: list[int]) -> IndexVersion:
+                   on_disk: list[int]) -> IndexVersion:
     """A 'building' row with the next version number: past both the catalogue's and the disk's, so a
     fresh catalogue over an old INDEX_DIR never reuses (and overwrites) a version directory."""
     with sessions() as session, session.begin():
@@ -66,7 +49,7 @@ def delete_unshared_images(session: Session, name: str, image_ids: list[int]) ->
 
 
 def write_image_rows(session: Session, gallery_key: str, to_encode: list[ScannedFile], encoded,
-                      changes: GalleryChanges) -> dict[str, int]:
+                     changes: GalleryChanges) -> dict[str, int]:
     """Insert or update the rows of encoded images; returns gallery path -> row id for them."""
     known_rows = {s.record.image_id: k.row_id for s, k in changes.changed}
     known_rows.update(_existing_rows(session, gallery_key, [s.record.image_id for s in changes.new]))
@@ -102,7 +85,7 @@ def _existing_rows(session: Session, gallery_key: str, paths: list[str]) -> dict
 
 
 def write_caption_rows(session: Session, to_encode: list[ScannedFile], image_rows: dict[str, int],
-                        changes: GalleryChanges, previous) -> tuple[list[tuple[int, int, str]], set[int]]:
+                       changes: GalleryChanges, previous) -> tuple[list[tuple[int, int, str]], set[int]]:
     """Write the captions of encoded, re-captioned, or (by another index) re-written images; returns
     (caption id, image id, text) of the captions to encode, and the ids of those images."""
     targets = [(image_rows[s.record.image_id], tuple(s.record.captions)) for s in to_encode

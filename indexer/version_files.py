@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def write_version_files(directory: Path, arrays: dict[str, np.ndarray], row: IndexVersion, encoder: Encoder,
-                         options: BuildOptions) -> dict:
+                        options: BuildOptions) -> dict:
     started = time.perf_counter()
     gpu = faiss_index.gpu_available() and options.device != "cpu-only"
     described = {}

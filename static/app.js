@@ -159,6 +159,11 @@ function showQueryImage(dropzone, src, alt) {
   preview.alt = alt;
 }
 
+// A gallery image (by id) as the query of the image or arithmetic panel.
+function showGalleryQuery(prefix, id) {
+  showQueryImage($(`#${prefix}-drop`), `/images/${id}/thumb`, `query image ${id}`);
+}
+
 function forgetUpload() {
   state.upload = null;
   for (const img of document.querySelectorAll(".query-thumb")) img.remove();
@@ -203,7 +208,7 @@ function useAsQuery(id) {
   forgetUpload();
   showMode("image");
   $("#image-id").value = id;
-  showQueryImage($("#image-drop"), `/images/${id}/thumb`, `query image ${id}`);
+  showGalleryQuery("image", id);
   clearResults();
   window.scrollTo({ top: 0 });
   run();
@@ -241,7 +246,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const idInput = $(`#${prefix}-id`);
     idInput.addEventListener("change", () => {
       forgetUpload();
-      if (idInput.value) showQueryImage($(`#${prefix}-drop`), `/images/${idInput.value}/thumb`, `query image ${idInput.value}`);
+      if (idInput.value) showGalleryQuery(prefix, idInput.value);
     });
   }
   window.addEventListener("popstate", () => location.reload());

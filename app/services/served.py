@@ -7,7 +7,6 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from app.services.errors import NotFound, Unavailable
@@ -83,9 +82,8 @@ class ServedIndexes:
         before it serves: the first real query otherwise pays for thread pools, compiled graphs and
         first-touch memory (about 200 ms instead of 10)."""
         encoder = self._encoder_for(loaded)
-        with torch.no_grad():
-            text = encoder.encode_text(["a photo"]).cpu().numpy()
-            image = encoder.encode_image([Image.new("RGB", (encoder.image_size,) * 2)]).cpu().numpy()
+        text = encoder.encode_text(["a photo"]).cpu().numpy()
+        image = encoder.encode_image([Image.new("RGB", (encoder.image_size,) * 2)]).cpu().numpy()
         for modality in ("image", "caption"):
             loaded.search(modality, text, 10)
             loaded.search(modality, image, 10)

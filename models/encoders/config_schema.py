@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 
 class _Section(BaseModel):
@@ -51,25 +51,17 @@ class EncoderConfig(_Section):
     model_cfg: Any = None
     pretrained: Any = None
     members: Any = None                                # ensembles: each member's own config
-    # GXN's weight of the low level ("lambda" is a Python keyword, hence the alias).
-    lambda_: Any = None
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @classmethod
-    def field_for(cls, key: str) -> str:
-        return "lambda_" if key == "lambda" else key
+    lambda_: Any = Field(None, alias="lambda")         # GXN's weight of the low level (a Python keyword)
 
 
 def check_encoder_config(config: dict[str, Any], source: str) -> EncoderConfig:
     """Parse `config`; an unknown key raises ValueError naming its path and `source`."""
-    values = {EncoderConfig.field_for(k): v for k, v in config.items()}
     try:
-        return EncoderConfig.model_validate(values)
+        return EncoderConfig.model_validate(config)
     except ValidationError as error:
         problems = []
         for problem in error.errors():
-            path = ".".join("lambda" if p == "lambda_" else str(p) for p in problem["loc"])
+            path = ".".join(map(str, problem["loc"]))
             problems.append(f"unknown key {path!r}" if problem["type"] == "extra_forbidden"
                             else f"{path}: {problem['msg']}")
         raise ValueError(f"{source}: encoder config: {'; '.join(problems)}") from None

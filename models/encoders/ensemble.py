@@ -149,7 +149,9 @@ class Ensemble(Encoder):
         towers = [m.text_tower for m in self.members if isinstance(getattr(m, "text_tower", None),
                                                                       SentenceTransformerTower)]
         for i, tower in enumerate(towers):
-            any(share_sentence_model(earlier, tower) for earlier in towers[:i])
+            for earlier in towers[:i]:
+                if share_sentence_model(earlier, tower):
+                    break
 
     def _join(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([l2_normalize(e) for e in embeddings], dim=1) / math.sqrt(len(embeddings))

@@ -8,6 +8,7 @@ A new family registers its class with `@register_family("name")` and needs no ch
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib
 import json
@@ -34,7 +35,6 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # frozen towers' weights come from their pip packages), usable by name: `--encoder photos`.
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
 _FAMILIES: dict[str, type[Encoder]] = {}
-_SCANNED: list[bool] = []
 
 
 def register_family(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
@@ -46,14 +46,16 @@ def register_family(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
     return decorate
 
 
+@functools.cache
+def _import_package_modules() -> None:
+    for module in pkgutil.iter_modules([str(Path(__file__).resolve().parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")
+
+
 def _families() -> dict[str, type[Encoder]]:
-    """Every family in this package: each module is imported once, and those defining a family
+    """Every family in this package: its modules are imported once, and those defining a family
     register it with `@register_family`, so a new family is a new module and nothing else."""
-    if not _SCANNED:
-        package = Path(__file__).resolve().parent
-        for module in pkgutil.iter_modules([str(package)]):
-            importlib.import_module(f"{__package__}.{module.name}")
-        _SCANNED.append(True)
+    _import_package_modules()
     return _FAMILIES
 
 

@@ -243,10 +243,10 @@ def drop_words(caption: str, chance: float, rng: random.Random | None = None) ->
     """The caption with each word left out with `chance` (one word always stays). Trained on such
     partial captions, a text tower also reads the short phrases and single words that people type
     and that image - word + word adds and subtracts, not only whole sentences."""
-    draw, choose = (rng.random, rng.choice) if rng else (random.random, random.choice)  # seeded by the trainer
+    rng = rng or random  # the module's generator, seeded by the trainer
     words = caption.split()
-    kept = [w for w in words if draw() >= chance]
-    return " ".join(kept) if kept else choose(words) if words else caption
+    kept = [w for w in words if rng.random() >= chance]
+    return " ".join(kept) if kept else rng.choice(words) if words else caption
 
 
 def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSplit, config: TrainConfig,
