@@ -1,1 +1,1 @@
-"""The outermost layer: the `imgsearch` command line (and, with the app issue, the FastAPI app)."""
+"""The outermost layer: the `imgsearch` command line and the FastAPI app (routes, services, page)."""

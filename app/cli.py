@@ -212,14 +212,15 @@ def index(
     """Encode a gallery's images and captions and publish a new index version."""
     from app.settings import get_settings
     from indexer.build import BuildOptions, build_index
-    from indexer.faiss_index import parse_memory
+    from indexer.index_choice import parse_memory
 
     settings = get_settings()
     options = BuildOptions(index_type=index_type, memory_budget=parse_memory(memory_budget),
                            recall_target=recall_target, batch_size=batch_size, workers=workers,
                            device=settings.device, backbone_runtime=settings.backbone_runtime)
     report = build_index(gallery=gallery, encoder_spec=encoder, name=name, index_dir=settings.index_dir,
-                         sessions=_catalogue(settings), full=full, options=options)
+                         sessions=_catalogue(settings), full=full, options=options,
+                         vector_store=settings.vector_store())
     typer.echo(report.summary())
 
 
@@ -235,13 +236,14 @@ def admin_reindex(
     from indexer.status import index_names
 
     settings = get_settings()
-    sessions = _catalogue(settings)
-    names = [name] if name else index_names(settings.index_dir, sessions)
+    sessions, store = _catalogue(settings), settings.vector_store()
+    names = [name] if name else index_names(store, sessions)
     if not names:
         raise ValueError("no index has been built yet: run `imgsearch index` first")
     for each in names:
         report = reindex(each, index_dir=settings.index_dir, sessions=sessions, full=full, encoder_spec=encoder,
-                         options=BuildOptions(device=settings.device, backbone_runtime=settings.backbone_runtime))
+                         options=BuildOptions(device=settings.device, backbone_runtime=settings.backbone_runtime),
+                         vector_store=store)
         typer.echo(report.summary())
 
 
@@ -252,12 +254,12 @@ def admin_status() -> None:
     from indexer.status import index_names, index_status
 
     settings = get_settings()
-    sessions = _catalogue(settings)
-    names = index_names(settings.index_dir, sessions)
+    sessions, store = _catalogue(settings), settings.vector_store()
+    names = index_names(store, sessions)
     if not names:
-        typer.echo(f"no indexes in {settings.index_dir}")
+        typer.echo(f"no indexes in {store.location}")
     for each in names:
-        typer.echo(index_status(settings.index_dir, sessions, each).describe())
+        typer.echo(index_status(store, sessions, each).describe())
 
 
 @cli.command()

@@ -31,7 +31,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.sessions = session_factory(settings.database_url)
-        app.state.served = ServedIndexes(settings.index_dir, settings.default_index, settings.device,
+        app.state.store = settings.vector_store()
+        app.state.served = ServedIndexes(app.state.store, settings.default_index, settings.device,
                                           settings.backbone_runtime)
         app.state.search = SearchService(app.state.served, app.state.sessions, settings.max_query_chars,
                                          observe_timings=app.state.metrics.observe_stages,

@@ -9,13 +9,18 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexer.db import normalise_database_url
+from indexer.vector_store import VectorStore, open_vector_store
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     database_url: str = Field("sqlite:///data/imgsearch.db", description="SQLAlchemy URL of the catalogue")
-    index_dir: Path = Field(Path("data/indexes"), description="where versioned index directories live")
+    index_dir: Path = Field(Path("data/indexes"), description="where versioned index directories (and build "
+                                                                "locks, and thumbnails) live")
+    vector_store_url: str | None = Field(None, description="where vectors live: unset or 'faiss' for faiss files "
+                                                           "under INDEX_DIR; 'milvus-lite:PATH.db' for an embedded "
+                                                           "Milvus file; 'http://HOST:19530' for a Milvus server")
     default_index: str = Field("default", description="index (and so encoder) served when a query names none")
     device: str = Field("cpu", description="torch device for encoders: cpu, cuda, cuda:1 ...")
     backbone_runtime: str = Field("openvino", description="how image backbones run on the CPU: openvino (compiled, "
@@ -26,6 +31,9 @@ class Settings(BaseSettings):
     search_threads: int = Field(0, ge=0, description="0: queries run on each server process's event loop, one "
                                                       "at a time (fastest: run a process per core, serve "
                                                       "--workers); N: in a pool of N threads per process")
+
+    def vector_store(self) -> VectorStore:
+        return open_vector_store(self.vector_store_url, self.index_dir)
 
     @field_validator("database_url")
     @classmethod

@@ -45,10 +45,10 @@ from index_bench import structured_vectors  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
 from app.settings import Settings  # noqa: E402
-from indexer import store  # noqa: E402
 from indexer.build import BuildOptions, publish_vectors  # noqa: E402
 from indexer.catalogue import CaptionRow, ImageRow  # noqa: E402
 from indexer.db import session_factory  # noqa: E402
+from indexer.faiss_store import FaissFileStore  # noqa: E402
 from indexer.gallery import file_sha256  # noqa: E402
 from models.data import load_records  # noqa: E402
 
@@ -90,7 +90,7 @@ def prepare(size: int, checkpoint: Path, dim: int, work: Path) -> tuple[str, Pat
               "caption_image_ids": image_ids, "caption_vectors": captions}
     publish_vectors(name=INDEX_NAME, index_dir=index_dir, sessions=sessions, gallery="/bench",
                     encoder_spec=str(checkpoint), arrays=arrays, options=BuildOptions(keep_versions=1))
-    manifest = store.current_version(index_dir, INDEX_NAME).manifest
+    manifest = FaissFileStore(index_dir).current(INDEX_NAME).manifest
     print(f"built in {time.perf_counter() - started:.0f} s: images {manifest['image_index']['factory']} "
           f"(recall {manifest['image_index']['recall']}), captions {manifest['caption_index']['factory']}")
     marker.write_text(json.dumps(wanted))
@@ -306,7 +306,7 @@ def main() -> None:
     rows: list[dict] = []
     for size in (int(s) for s in args.sizes.split(",")):
         database_url, index_dir = prepare(size, args.checkpoint, dim, args.work_dir / f"n{size}")
-        manifest = store.current_version(index_dir, INDEX_NAME).manifest
+        manifest = FaissFileStore(index_dir).current(INDEX_NAME).manifest
         server = start_server(database_url, index_dir, args.port, args.workers)
         try:
             for mode, requests in query_sets(size, args.uploads).items():

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from indexer import store
 from indexer.catalogue import CaptionRow, ImageRow
 from indexer.gallery import KnownImage
 
@@ -69,11 +69,12 @@ def image_by_id(*, session: Session, image_id: int) -> ImageInfo | None:
     return images_by_id(session=session, image_ids=[image_id]).get(int(image_id))
 
 
-def known_images(sessions: sessionmaker[Session], previous: store.StoredVersion | None) -> dict[str, KnownImage]:
-    """The images the current version holds, as the catalogue remembers them (keyed by gallery path)."""
-    if previous is None:
+def known_images(sessions: sessionmaker[Session], image_ids: np.ndarray | None) -> dict[str, KnownImage]:
+    """The images the current version holds (`image_ids`), as the catalogue remembers them (keyed
+    by gallery path)."""
+    if image_ids is None:
         return {}
-    ids = [int(i) for i in previous.ids("image")]
+    ids = [int(i) for i in image_ids]
     known: dict[str, KnownImage] = {}
     with sessions() as session:
         for start in range(0, len(ids), 5000):

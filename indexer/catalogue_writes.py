@@ -1,7 +1,7 @@
 """Writes to the catalogue during a build (SQL only): the images and captions a build adds,
-changes or removes, the build's row in `index_versions` and its faiss-id -> row entries. The build
-module calls these inside its transactions; nothing here writes files or touches faiss (the
-previous version's id arrays are read through the store)."""
+changes or removes, the build's row in `index_versions` and its vector-position -> row entries.
+The build module calls these inside its transactions; nothing here touches a vector store (the
+previous version's id arrays come from the build, which read them through the store)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def _existing_rows(session: Session, gallery_key: str, paths: list[str]) -> dict
 
 
 def write_caption_rows(session: Session, to_encode: list[ScannedFile], image_rows: dict[str, int],
-                       changes: GalleryChanges, previous) -> tuple[list[tuple[int, int, str]], set[int]]:
+                       changes: GalleryChanges, previous: dict[str, np.ndarray] | None
+                       ) -> tuple[list[tuple[int, int, str]], set[int]]:
     """Write the captions of encoded, re-captioned, or (by another index) re-written images; returns
     (caption id, image id, text) of the captions to encode, and the ids of those images."""
     targets = [(image_rows[s.record.image_id], tuple(s.record.captions)) for s in to_encode
@@ -108,23 +109,24 @@ def write_caption_rows(session: Session, to_encode: list[ScannedFile], image_row
     return written, {image_id for image_id, _ in targets}
 
 
-def _captions_rewritten_elsewhere(session: Session, previous, changes: GalleryChanges) -> list[tuple[int, tuple]]:
+def _captions_rewritten_elsewhere(session: Session, previous: dict[str, np.ndarray] | None,
+                                  changes: GalleryChanges) -> list[tuple[int, tuple]]:
     """Reused images whose previous caption rows are gone: another index over the same gallery
     replaced them. Their captions are taken (and encoded) afresh."""
     if previous is None:
         return []
-    caption_ids = [int(c) for c in previous.ids("caption")]
+    caption_ids = [int(c) for c in previous["caption_ids"]]
     alive: set[int] = set()
     for start in range(0, len(caption_ids), 5000):
         alive.update(session.scalars(select(CaptionRow.id).where(
             CaptionRow.id.in_(caption_ids[start:start + 5000]))).all())
-    stale_images = {int(i) for c, i in zip(caption_ids, previous.ids("caption_image"), strict=True) if c not in alive}
+    stale_images = {int(i) for c, i in zip(caption_ids, previous["caption_image_ids"], strict=True) if c not in alive}
     return [(known.row_id, tuple(scanned.record.captions)) for scanned, known in changes.unchanged
             if known.row_id in stale_images]
 
 
 def record_entries(session: Session, row: IndexVersion, arrays: dict[str, np.ndarray]) -> None:
-    """The faiss id -> catalogue row mapping of this version, in bulk."""
+    """The vector position -> catalogue row mapping of this version, in bulk."""
     entries = [{"version_id": row.id, "modality": "image", "faiss_id": i, "image_id": int(image_id),
                 "caption_id": None} for i, image_id in enumerate(arrays["image_ids"])]
     entries += [{"version_id": row.id, "modality": "caption", "faiss_id": i, "image_id": int(image_id),
@@ -135,15 +137,15 @@ def record_entries(session: Session, row: IndexVersion, arrays: dict[str, np.nda
         session.execute(insert(IndexEntry), entries[start:start + 10_000])
 
 
-def activate(session: Session, row: IndexVersion, manifest: dict, directory: str, image_count: int,
-             caption_count: int, **counts: int) -> None:
+def activate(session: Session, row: IndexVersion, manifest: dict, image_count: int, caption_count: int,
+             **counts: int) -> None:
     """Mark the build's version active and the previous active one superseded (the caller commits)."""
     session.execute(update(IndexVersion).where(IndexVersion.index_name == row.index_name,
                                                IndexVersion.status == "active").values(status="superseded"))
     session.execute(update(IndexVersion).where(IndexVersion.id == row.id).values(
-        status="active", image_count=image_count, caption_count=caption_count, directory=directory,
+        status="active", image_count=image_count, caption_count=caption_count, directory=manifest["location"],
         image_index_type=manifest["image_index"]["factory"], caption_index_type=manifest["caption_index"]["factory"],
-        finished_at=utc_now(), build_seconds=manifest["build_seconds"], **counts))
+        finished_at=utc_now(), build_seconds=manifest["index_seconds"], **counts))
 
 
 def fail_interrupted_builds(sessions: sessionmaker[Session], name: str) -> int | None:

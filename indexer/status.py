@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import store
 from indexer.catalogue import IndexVersion
+from indexer.vector_store import VectorStore
 
 
 @dataclass
@@ -36,16 +35,15 @@ class IndexStatus:
         return "\n".join(lines)
 
 
-def index_names(index_dir: Path, sessions: sessionmaker[Session]) -> list[str]:
+def index_names(store: VectorStore, sessions: sessionmaker[Session]) -> list[str]:
+    """Indexes the catalogue knows or the store serves."""
     with sessions() as session:
         names = set(session.scalars(select(IndexVersion.index_name).distinct()).all())
-    if Path(index_dir).is_dir():
-        names |= {p.name for p in Path(index_dir).iterdir() if (p / store.POINTER).is_file()}
-    return sorted(names)
+    return sorted(names | set(store.index_names()))
 
 
-def index_status(index_dir: Path, sessions: sessionmaker[Session], name: str) -> IndexStatus:
-    current = store.current_version(index_dir, name)
+def index_status(store: VectorStore, sessions: sessionmaker[Session], name: str) -> IndexStatus:
+    current = store.current(name)
     with sessions() as session:
         rows = session.scalars(select(IndexVersion).where(IndexVersion.index_name == name)
                                .order_by(IndexVersion.version)).all()

@@ -20,7 +20,7 @@ router = APIRouter(prefix="/api/admin", tags=["admin"], dependencies=[AdminDep],
 def reindex(request: Request, settings: SettingsDep, name: Annotated[str | None, Query()] = None,
             full: bool = False) -> dict:
     sessions = request.app.state.sessions
-    known = index_names(settings.index_dir, sessions)
+    known = index_names(request.app.state.store, sessions)
     if name is not None and name not in known:
         raise HTTPException(404, f"unknown index {name!r}; known: {', '.join(known) or 'none'}")
     names = [name] if name else known
@@ -35,7 +35,7 @@ def reindex(request: Request, settings: SettingsDep, name: Annotated[str | None,
                 # workers=0: no forked decoder processes inside the (multi-threaded) server
                 options = build.BuildOptions(progress=False, device=settings.device, workers=0)
                 report = build.reindex(each, index_dir=settings.index_dir, sessions=sessions, full=full,
-                                       options=options).summary()
+                                       options=options, vector_store=request.app.state.store).summary()
             except Exception as error:  # reported through /status; the server keeps serving
                 jobs[each] = f"failed: {type(error).__name__}: {error}"
                 continue
@@ -57,8 +57,7 @@ def reload(served: ServedDep) -> dict:
 
 
 @router.get("/status", summary="Versions, counts and builds (running or failed) of every index")
-def status(request: Request, settings: SettingsDep) -> dict:
-    sessions = request.app.state.sessions
-    return {"indexes": [index_status(settings.index_dir, sessions, name).describe()
-                        for name in index_names(settings.index_dir, sessions)],
+def status(request: Request) -> dict:
+    sessions, store = request.app.state.sessions, request.app.state.store
+    return {"indexes": [index_status(store, sessions, name).describe() for name in index_names(store, sessions)],
             "jobs": dict(request.app.state.admin_jobs)}

@@ -175,7 +175,7 @@ class SearchService:
             # does not want it pays nothing. The version makes it a new URL (not a stale cached
             # picture) once a new model is published under the same index name.
             link = urlencode({"q": self.check_text(text), "index": served.name,
-                              "version": served.loaded.stored.number})
+                              "version": served.loaded.number})
             response.imagined_image_url = f"/api/imagine?{link}"
         return response
 
@@ -204,7 +204,7 @@ class SearchService:
         """The serving encoder's imagined image for `text` as PNG bytes, and whether it may be cached:
         not when the link was made for another `version` (the picture is the served model's)."""
         served = self.served.get(index)
-        cacheable = version is None or version == served.loaded.stored.number
+        cacheable = version is None or version == served.loaded.number
         if not served.encoder.imagines_texts:
             raise NotFound(f"index {served.name!r} serves encoder {served.encoder.name!r}, which has no image "
                            "generator (only GXN encoders trained with the imagine branch have one)")
@@ -282,7 +282,7 @@ class SearchService:
                 hit.relevance = round(float(relevance), 4)
         if self.observe_timings:
             self.observe_timings(mode, clock.ms)
-        return SearchResponse(index=served.name, version=served.loaded.stored.number,
+        return SearchResponse(index=served.name, version=served.loaded.number,
                               encoder=served.encoder.name, mode=mode, k=k, offset=offset, results=page,
                               warnings=query.warnings, notes=query.notes, timings_ms=clock.rounded())
 

@@ -5,43 +5,40 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image
 
 from app.services.errors import NotFound, Unavailable
-from indexer import store
-from indexer.faiss_index import gpu_available
-from indexer.serving import LiveIndex, LoadedVersion
+from indexer.serving import LiveIndex
+from indexer.vector_store import SearchableVersion, VectorStore
 from models.encoders import Encoder, resolve_encoder
 
 
 @dataclass
 class Served:
     name: str
-    loaded: LoadedVersion
+    loaded: SearchableVersion
     encoder: Encoder
 
 
 class ServedIndexes:
-    def __init__(self, index_dir: Path, default: str, device: str = "cpu", backbone_runtime: str = "openvino"):
-        self.index_dir, self.default, self.device = Path(index_dir), default, device
+    def __init__(self, store: VectorStore, default: str, device: str = "cpu", backbone_runtime: str = "openvino"):
+        self.store, self.default, self.device = store, default, device
         self.backbone_runtime = backbone_runtime
         self._live: dict[str, LiveIndex] = {}
         self._encoders: dict[str, Encoder] = {}  # by checkpoint hash
         self._lock = threading.RLock()
-        self.gpu = device.startswith("cuda") and gpu_available()
+        self.gpu = device.startswith("cuda")  # the store uses the GPU when it has one
         self.discover()
 
     def discover(self) -> list[str]:
-        """Serve every index that has a CURRENT version (new ones appear without a restart)."""
-        if self.index_dir.is_dir():
-            found = [f.name for f in sorted(self.index_dir.iterdir()) if (f / store.POINTER).is_file()]
-            with self._lock:
-                for name in found:
-                    if name not in self._live:
-                        live = LiveIndex(self.index_dir, name, self.gpu, prepare=self._prepare)
-                        self._live = {**self._live, name: live}
+        """Serve every index that has a current version (new ones appear without a restart)."""
+        found = self.store.index_names()
+        with self._lock:
+            for name in found:
+                if name not in self._live:
+                    live = LiveIndex(self.store, name, self.gpu, prepare=self._prepare)
+                    self._live = {**self._live, name: live}
         return self.names
 
     @property
@@ -62,11 +59,11 @@ class ServedIndexes:
             self.discover()
         chosen = name or self.default_name
         if chosen is None:
-            raise Unavailable(f"no index is built yet in {self.index_dir}: run `imgsearch index`")
+            raise Unavailable(f"no index is built yet in {self.store.location}: run `imgsearch index`")
         if chosen not in self._live:
             raise NotFound(f"unknown encoder/index {name!r}; served: {', '.join(self.names) or 'none'}")
         live = self._live[chosen]
-        live.reload_in_background()  # one stat() per request: new versions serve without a restart
+        live.reload_in_background()  # a stat() per request (faiss): new versions serve without a restart
         loaded = live.current
         return Served(chosen, loaded, self._encoder_for(loaded))
 
@@ -75,9 +72,9 @@ class ServedIndexes:
         live_indexes = dict(self._live)  # replaced, never mutated, so iterating a snapshot is safe
         for live in live_indexes.values():
             live.reload_if_changed(wait=True)
-        return {name: live.current.stored.number for name, live in live_indexes.items()}
+        return {name: live.current.number for name, live in live_indexes.items()}
 
-    def _prepare(self, loaded: LoadedVersion) -> None:
+    def _prepare(self, loaded: SearchableVersion) -> None:
         """Load the version's encoder and run one query of each kind through it and both indexes
         before it serves: the first real query otherwise pays for thread pools, compiled graphs and
         first-touch memory (about 200 ms instead of 10)."""
@@ -88,7 +85,7 @@ class ServedIndexes:
             loaded.search(modality, text, 10)
             loaded.search(modality, image, 10)
 
-    def _encoder_for(self, loaded: LoadedVersion) -> Encoder:
+    def _encoder_for(self, loaded: SearchableVersion) -> Encoder:
         checkpoint_hash = loaded.manifest["checkpoint_hash"]
         encoder = self._encoders.get(checkpoint_hash)
         if encoder is None:

@@ -390,10 +390,10 @@ def test_identical_captions_are_one_result_with_their_count_and_images(client, g
 
 
 def test_relevance_is_the_calibrated_score_and_min_relevance_filters_on_it(client, app_dirs):
-    from indexer import store
     from indexer.calibration import Calibration
+    from indexer.faiss_store import FaissFileStore
 
-    manifest = store.current_version(app_dirs["index_dir"], "tiny").manifest
+    manifest = FaissFileStore(app_dirs["index_dir"]).current("tiny").manifest
     calibration = Calibration.from_manifest(manifest)
     assert calibration is not None and calibration.pairs == 200
     hits = client.get("/api/search/text", params={"q": "a red circle", "k": 40}).json()["results"]
@@ -434,14 +434,14 @@ def test_each_index_is_warmed_before_it_serves(app_dirs, monkeypatch):
     """The first query after start should not pay for thread pools and compiled graphs: loading a
     version runs a text and an image query through its encoder and both of its indexes."""
     from app.services.served import ServedIndexes
-    from indexer.serving import LoadedVersion
+    from indexer.faiss_store import FaissFileStore, FaissVersion
 
     searched = []
-    original = LoadedVersion.search
-    monkeypatch.setattr(LoadedVersion, "search",
+    original = FaissVersion.search
+    monkeypatch.setattr(FaissVersion, "search",
                         lambda self, modality, queries, k: searched.append(modality) or original(self, modality,
                                                                                                  queries, k))
-    ServedIndexes(app_dirs["index_dir"], "tiny")
+    ServedIndexes(FaissFileStore(app_dirs["index_dir"]), "tiny")
     assert sorted(searched) == ["caption", "caption", "image", "image"]
 
 

@@ -13,13 +13,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from indexer import store
+from indexer import version_dirs
 from indexer.build import BuildOptions, build_index, publish_vectors
 from indexer.catalogue import CaptionRow, ImageRow, IndexEntry, IndexVersion
 from indexer.db import DatabaseError, session_factory
-from indexer.faiss_index import read_index, set_search_param
-from indexer.serving import LoadedVersion
+from indexer.faiss_store import FaissFileStore
 from indexer.status import index_status
+from indexer.vector_store import Version
 from models import CheckpointError, load_encoder
 from models.data import DatasetError
 from tests.conftest import ROOT
@@ -37,26 +37,23 @@ def _count(sessions, table) -> int:
         return session.scalar(select(func.count()).select_from(table))
 
 
-def _search_caption(version: store.StoredVersion, checkpoint: Path, text: str) -> int:
-    """The caption row id the caption index returns first for `text`."""
-    encoder = load_encoder(checkpoint)
-    index = read_index(str(version.directory / "captions.faiss"))
-    param = version.manifest["caption_index"]["search_value"]
-    if param:
-        set_search_param(index, param)
-    _, found = index.search(encoder.encode_text([text]).numpy(), 1)
-    return int(version.ids("caption")[found[0, 0]])
+def _search_caption(index_dir: Path, checkpoint: Path, text: str) -> int:
+    """The caption row id the current version of index "main" returns first for `text`."""
+    store = FaissFileStore(index_dir)
+    served = store.open(store.current("main"))
+    _, found = served.search("caption", load_encoder(checkpoint).encode_text([text]).numpy(), 1)
+    return int(found[0, 0])
 
 
 def test_full_build_writes_version_manifest_and_catalogue(gallery, encoder_checkpoint, tmp_path, sessions):
     report = _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions)
     assert report.status == "built" and report.version == 1
     assert report.image_count == 30 and report.caption_count == 150 and report.encoded_images == 30
-    version = store.current_version(tmp_path / "idx", "main")
+    version = FaissFileStore(tmp_path / "idx").current("main")
     manifest = version.manifest
     assert manifest["image_count"] == 30 and manifest["embed_dim"] == 32 and manifest["metric"] == "inner_product"
     assert manifest["image_index"]["factory"] == "Flat" and manifest["encoder_name"] == "vse_tiny_gru"
-    assert (version.directory / "encoder.sha256").read_text().strip() == manifest["checkpoint_hash"]
+    assert (Path(manifest["location"]) / "encoder.sha256").read_text().strip() == manifest["checkpoint_hash"]
     assert _count(sessions, ImageRow) == 30 and _count(sessions, CaptionRow) == 150
     assert _count(sessions, IndexEntry) == 180
     with sessions() as session:
@@ -66,7 +63,7 @@ def test_full_build_writes_version_manifest_and_catalogue(gallery, encoder_check
         image = session.get(ImageRow, caption.image_id)
         assert image.width == 32 and len(image.content_hash) == 64
     # Each caption's own vector finds that very caption first (exact index, identical vectors).
-    assert _search_caption(version, encoder_checkpoint, caption.text) in _same_text_ids(sessions, caption.text)
+    assert _search_caption(tmp_path / "idx", encoder_checkpoint, caption.text) in _same_text_ids(sessions, caption.text)
     assert not list((tmp_path / "idx" / "main" / "versions").glob(".tmp-*"))
 
 
@@ -99,9 +96,10 @@ def test_incremental_update_encodes_only_what_changed(gallery, encoder_checkpoin
     assert report.reused_images == 28 and report.removed_images == 1
     assert report.image_count == 30 and report.caption_count == 30 * 5 - 5 - 4 + 1
     assert [Path(p).name for p, _ in report.skipped.skipped] == [images[2].name]  # the deleted file, reported
-    stored = store.current_version(index_dir, "main")
-    assert stored.number == 2 and len(stored.ids("image")) == 30
-    assert _search_caption(stored, encoder_checkpoint, "a brand new caption") in _same_text_ids(
+    store = FaissFileStore(index_dir)
+    stored = store.current("main")
+    assert stored.number == 2 and len(store.read_arrays(stored)["image_ids"]) == 30
+    assert _search_caption(index_dir, encoder_checkpoint, "a brand new caption") in _same_text_ids(
         sessions, "a brand new caption")
     assert _count(sessions, ImageRow) == 30
     with sessions() as session:
@@ -109,9 +107,10 @@ def test_incremental_update_encodes_only_what_changed(gallery, encoder_checkpoin
         assert statuses == {1: "superseded", 2: "active"}
         assert session.scalar(select(func.count()).select_from(IndexEntry).where(IndexEntry.version_id == 1)) < 180
     # The reused vectors are the previous version's, row for row.
-    previous = store.StoredVersion("main", 1, index_dir / "main" / "versions" / "v000001")
-    old = dict(zip(previous.ids("image").tolist(), previous.vectors("image"), strict=True))
-    new = dict(zip(stored.ids("image").tolist(), stored.vectors("image"), strict=True))
+    previous = store.read_arrays(Version("main", 1, {}))
+    current = store.read_arrays(stored)
+    old = dict(zip(previous["image_ids"].tolist(), previous["image_vectors"], strict=True))
+    new = dict(zip(current["image_ids"].tolist(), current["image_vectors"], strict=True))
     shared = set(old) & set(new)
     assert len(shared) == 29 and sum(np.array_equal(old[i], new[i]) for i in shared) == 28
 
@@ -128,7 +127,7 @@ def test_two_encoders_can_index_one_gallery(gallery, encoder_checkpoint, tmp_pat
     sorted((gallery / "images").glob("*.png"))[0].unlink()
     assert _build(gallery, encoder_checkpoint, tmp_path / "idx", sessions).removed_images == 1
     assert _count(sessions, ImageRow) == 30  # still served by "second": kept
-    assert store.current_version(tmp_path / "idx", "second").manifest["image_count"] == 30
+    assert FaissFileStore(tmp_path / "idx").current("second").manifest["image_count"] == 30
 
 
 def test_captions_removed_entirely(gallery, encoder_checkpoint, tmp_path, sessions):
@@ -145,18 +144,18 @@ def test_crash_between_commit_and_switch_is_repaired_by_the_next_build(gallery, 
     index_dir = tmp_path / "idx"
     _build(gallery, encoder_checkpoint, index_dir, sessions)
     Image.new("RGB", (32, 32), (9, 9, 9)).save(sorted((gallery / "images").glob("*.png"))[0])
-    real_switch = store.switch_current
+    real_switch = FaissFileStore.switch
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(store, "switch_current", crash)
+    monkeypatch.setattr(FaissFileStore, "switch", crash)
     with pytest.raises(KeyboardInterrupt):
         _build(gallery, encoder_checkpoint, index_dir, sessions)
-    assert store.current_version(index_dir, "main").number == 1  # the previous version still serves
+    assert FaissFileStore(index_dir).current("main").number == 1  # the previous version still serves
     with sessions() as session:
         assert session.scalar(select(IndexVersion.status).where(IndexVersion.version == 2)) == "active"
-    monkeypatch.setattr(store, "switch_current", real_switch)
+    monkeypatch.setattr(FaissFileStore, "switch", real_switch)
     report = _build(gallery, encoder_checkpoint, index_dir, sessions)  # reconcile first points CURRENT at v2
     assert report.status == "up-to-date" and report.version == 2
 
@@ -197,7 +196,7 @@ def test_interrupted_build_leaves_previous_version_serving(gallery, encoder_chec
     index_dir = tmp_path / "idx"
     _build(gallery, encoder_checkpoint, index_dir, sessions)
     Image.new("RGB", (32, 32), (9, 9, 9)).save(sorted((gallery / "images").glob("*.png"))[0])
-    before = (index_dir / "main" / store.POINTER).read_text()
+    before = (index_dir / "main" / version_dirs.POINTER).read_text()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -205,15 +204,15 @@ def test_interrupted_build_leaves_previous_version_serving(gallery, encoder_chec
     monkeypatch.setattr("indexer.faiss_index.build_index", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _build(gallery, encoder_checkpoint, index_dir, sessions)
-    assert (index_dir / "main" / store.POINTER).read_text() == before
-    assert store.current_version(index_dir, "main").number == 1
+    assert (index_dir / "main" / version_dirs.POINTER).read_text() == before
+    assert FaissFileStore(index_dir).current("main").number == 1
     assert not list((index_dir / "main" / "versions").glob(".tmp-*"))
     assert sorted(p.name for p in (index_dir / "main" / "versions").iterdir()) == ["v000001"]
     with sessions() as session:
         assert dict(session.execute(select(IndexVersion.version, IndexVersion.status)).all()) == {
             1: "active", 2: "failed"}
         assert session.scalar(select(func.count()).select_from(IndexEntry)) == 180  # untouched
-    status = index_status(index_dir, sessions, "main")
+    status = index_status(FaissFileStore(index_dir), sessions, "main")
     assert status.current_version == 1 and status.failed[0][0] == 2 and "KeyboardInterrupt" in status.failed[0][1]
     monkeypatch.undo()
     assert _build(gallery, encoder_checkpoint, index_dir, sessions).version == 3  # and the next build works
@@ -293,7 +292,8 @@ def test_publish_vectors_serves_precomputed_embeddings(encoder_checkpoint, tmp_p
               "caption_image_ids": np.asarray(image_ids), "caption_vectors": vectors[::-1].copy()}
     number = publish_vectors(name="imported", index_dir=tmp_path / "idx", sessions=sessions, gallery="/imported",
                              encoder_spec=str(encoder_checkpoint), arrays=arrays)
-    loaded = LoadedVersion.load(store.current_version(tmp_path / "idx", "imported"))
+    store = FaissFileStore(tmp_path / "idx")
+    loaded = store.open(store.current("imported"))
     assert number == 1 and loaded.manifest["image_count"] == 50
     scores, ids = loaded.search("image", vectors[7:8], 1)
     assert ids[0, 0] == image_ids[7] and scores[0, 0] == pytest.approx(1.0, abs=1e-5)
@@ -312,7 +312,7 @@ def test_publish_vectors_serves_precomputed_embeddings(encoder_checkpoint, tmp_p
     with pytest.raises(ValueError, match="must be L2-normalised"):
         publish_vectors(name="imported", index_dir=tmp_path / "idx", sessions=sessions, gallery="/imported",
                         encoder_spec=str(encoder_checkpoint), arrays=arrays)
-    assert store.current_version(tmp_path / "idx", "imported").number == 1  # the bad calls changed nothing
+    assert FaissFileStore(tmp_path / "idx").current("imported").number == 1  # the bad calls changed nothing
 
 
 def test_a_shipped_encoder_indexes_by_name(gallery, encoder_checkpoint, tmp_path, sessions, monkeypatch):
@@ -357,4 +357,4 @@ build_index(gallery={str(gallery)!r}, encoder_spec={str(encoder_checkpoint)!r}, 
     report = _build(gallery, encoder_checkpoint, index_dir, sessions)
     assert report.status == "up-to-date"  # nothing to encode: it still cleans up
     assert not list((index_dir / "main" / "versions").glob(".tmp-*"))
-    assert store.current_version(index_dir, "main").number == 1
+    assert FaissFileStore(index_dir).current("main").number == 1

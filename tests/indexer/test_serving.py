@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from indexer.build import BuildOptions, build_index
+from indexer.faiss_store import FaissFileStore
 from indexer.serving import LiveIndex
 from models import load_encoder
 
@@ -24,10 +25,10 @@ def test_live_index_reloads_new_versions_without_failed_searches(gallery, encode
                            index_dir=tmp_path / "idx", sessions=sessions, options=options)
 
     with pytest.raises(LookupError, match="has no version yet"):
-        LiveIndex(tmp_path / "idx", "live").current  # noqa: B018
+        LiveIndex(FaissFileStore(tmp_path / "idx"), "live").current  # noqa: B018
     build()
-    live = LiveIndex(tmp_path / "idx", "live")
-    assert live.current.stored.number == 1 and not live.reload_if_changed()
+    live = LiveIndex(FaissFileStore(tmp_path / "idx"), "live")
+    assert live.current.number == 1 and not live.reload_if_changed()
     query = load_encoder(encoder_checkpoint).encode_text(["a red circle"]).numpy()
     scores, ids = live.current.search("image", query, 5)
     assert ids.shape == (1, 5) and (ids > 0).all() and np.all(np.diff(scores[0]) <= 1e-6)
@@ -51,17 +52,15 @@ def test_live_index_reloads_new_versions_without_failed_searches(gallery, encode
     stop.set()
     searcher.join()
     live.reload_if_changed()
-    assert not failures and live.current.stored.number == 2
+    assert not failures and live.current.number == 2
     assert live.current.search("image", query, 100)[1].shape == (1, 30)  # k is capped at the index size
     # A version that cannot be loaded (here: its index file is corrupt) is skipped: v2 keeps serving.
     build()  # nothing changed: no new version; force one with a damaged file
-    from indexer import store
-
     broken = tmp_path / "idx" / "live" / "versions" / "v000002"
     (broken.parent / "v000003").mkdir()
     for item in broken.iterdir():
         (broken.parent / "v000003" / item.name).write_bytes(item.read_bytes())
     (broken.parent / "v000003" / "images.faiss").write_bytes(b"garbage")
-    store.switch_current(tmp_path / "idx", "live", 3)
-    assert live.reload_if_changed() is False and live.current.stored.number == 2
+    FaissFileStore(tmp_path / "idx").switch("live", 3)
+    assert live.reload_if_changed() is False and live.current.number == 2
     assert live.current.search("caption", query, 3)[1].shape == (1, 3)

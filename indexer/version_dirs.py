@@ -1,4 +1,4 @@
-"""The versioned index store: one directory per build, switched in atomically.
+"""The file layout of the faiss store: one directory per version, switched in atomically.
 
     INDEX_DIR/NAME/versions/v000007/   manifest.json, images.faiss, captions.faiss, *_vectors.npy, *_ids.npy
     INDEX_DIR/NAME/CURRENT             "v000007": the version the app serves
@@ -14,10 +14,10 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from indexer.vector_store import check_index_name
 
 POINTER = "CURRENT"
 MANIFEST = "manifest.json"
@@ -28,20 +28,10 @@ class StoredVersion:
     name: str
     number: int
     directory: Path
-    _ids: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def manifest(self) -> dict:
         return json.loads((self.directory / MANIFEST).read_text())
-
-    def vectors(self, modality: str) -> np.ndarray:
-        return np.load(self.directory / f"{modality}_vectors.npy")
-
-    def ids(self, modality: str) -> np.ndarray:
-        """Row ids per faiss row; read once (a build consults them several times)."""
-        if modality not in self._ids:
-            self._ids[modality] = np.load(self.directory / f"{modality}_ids.npy")
-        return self._ids[modality]
 
 
 def version_dirname(version: int) -> str:
@@ -49,9 +39,7 @@ def version_dirname(version: int) -> str:
 
 
 def index_root(index_dir: Path, name: str) -> Path:
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"index name {name!r}: use letters, digits, '-' or '_'")
-    return Path(index_dir) / name
+    return Path(index_dir) / check_index_name(name)
 
 
 def current_version(index_dir: Path, name: str) -> StoredVersion | None:
@@ -130,17 +118,9 @@ def switch_current(index_dir: Path, name: str, version: int) -> None:
     _fsync_dir(root)
 
 
-def remove_old_versions(index_dir: Path, name: str, keep: int = 2) -> list[int]:
-    """Delete all but the newest `keep` versions up to the current one (never the current one,
-    never one newer than it); returns those removed."""
-    current = current_version(index_dir, name)
-    if current is None:
-        return []
-    versions = [v for v in versions_on_disk(index_dir, name) if v <= current.number]
-    doomed = [v for v in versions[:-keep] if v != current.number]
-    for version in doomed:
-        shutil.rmtree(index_root(index_dir, name) / "versions" / version_dirname(version), ignore_errors=True)
-    return doomed
+def remove_version(index_dir: Path, name: str, version: int) -> None:
+    """Delete a version's directory (the caller makes sure it is not the current one)."""
+    shutil.rmtree(index_root(index_dir, name) / "versions" / version_dirname(version), ignore_errors=True)
 
 
 def _fsync_dir(directory: Path) -> None:

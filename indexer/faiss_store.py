@@ -1,0 +1,181 @@
+"""The default vector store: faiss indexes and NumPy arrays in one directory per version
+(`version_dirs` has the layout and its atomic switch). The index kind follows
+`faiss_index.choose_index`; its search parameter is tuned at build time to the recall target."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Hashable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexer import faiss_index, version_dirs
+from indexer.vector_store import (
+    ARRAY_KEYS,
+    MODALITIES,
+    IndexSettings,
+    SearchableVersion,
+    VectorStore,
+    Version,
+)
+
+
+class FaissFileStore(VectorStore):
+    kind = "faiss"
+
+    def __init__(self, index_dir: Path):
+        super().__init__(index_dir)
+        self.index_dir = Path(index_dir)
+
+    @property
+    def location(self) -> str:
+        return str(self.index_dir)
+
+    def index_names(self) -> list[str]:
+        if not self.index_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.index_dir.iterdir() if (p / version_dirs.POINTER).is_file())
+
+    def current(self, name: str) -> Version | None:
+        """Raises FileNotFoundError when CURRENT names a version directory that is gone."""
+        stored = version_dirs.current_version(self.index_dir, name)
+        return None if stored is None else Version(name, stored.number, stored.manifest)
+
+    def stamp(self, name: str) -> Hashable | None:
+        return version_dirs.pointer_stamp(self.index_dir, name)
+
+    def versions(self, name: str) -> list[int]:
+        return version_dirs.versions_on_disk(self.index_dir, name)
+
+    def stage(self, name: str, number: int, arrays: dict[str, np.ndarray], manifest: dict,
+              settings: IndexSettings) -> dict:
+        temporary = version_dirs.start_build(self.index_dir, name)
+        try:
+            manifest = _write_version(temporary, arrays, manifest, settings)
+            version_dirs.publish(self.index_dir, name, temporary, number)
+        except BaseException:
+            version_dirs.abandon_build(temporary)
+            raise
+        return manifest
+
+    def switch(self, name: str, number: int) -> None:
+        version_dirs.switch_current(self.index_dir, name, number)
+
+    def discard(self, name: str, number: int) -> None:
+        current = version_dirs.current_version(self.index_dir, name)
+        if current is not None and current.number == number:
+            raise ValueError(f"version {number} of {name!r} is current: switch to another before removing it")
+        version_dirs.remove_version(self.index_dir, name, number)
+
+    def remove_abandoned(self, name: str) -> list[str]:
+        return version_dirs.remove_abandoned_builds(self.index_dir, name)
+
+    def read_arrays(self, version: Version, keys: tuple[str, ...] = ARRAY_KEYS) -> dict[str, np.ndarray]:
+        directory = self._directory(version)  # vectors mapped, not read: a build uses only the rows it reuses
+        return {key: np.load(directory / f"{key}.npy", mmap_mode="r" if key.endswith("vectors") else None)
+                for key in keys}
+
+    def open(self, version: Version, gpu: bool = False) -> FaissVersion:
+        return FaissVersion(version, self._directory(version), gpu)
+
+    def _directory(self, version: Version) -> Path:
+        return version_dirs.index_root(self.index_dir, version.name) / "versions" / version_dirs.version_dirname(
+            version.number)
+
+
+def _write_version(directory: Path, arrays: dict[str, np.ndarray], manifest: dict, settings: IndexSettings) -> dict:
+    """The two faiss indexes (sized and tuned), the id and vector arrays and the manifest."""
+    started = time.perf_counter()
+    gpu = settings.gpu and faiss_index.gpu_available()
+    described = {}
+    for modality in MODALITIES:
+        vectors = arrays[f"{modality}_vectors"]
+        dim = vectors.shape[1]
+        choice = faiss_index.choose_index(len(vectors), dim, settings.memory_budget, settings.index_type, gpu)
+        index = faiss_index.build_index(vectors, choice, gpu)
+        value, recall = faiss_index.tune_search_param(index, vectors, settings.recall_target)
+        faiss_index.write_index(index, str(directory / f"{modality}s.faiss"))
+        described[f"{modality}_index"] = {
+            "kind": choice.kind, "factory": choice.factory + (",RFlat" if choice.refine else ""),
+            "search_param": faiss_index.search_param_name(index), "search_value": value, "recall": recall,
+            "count": int(len(vectors))}
+    for key in ARRAY_KEYS:
+        np.save(directory / f"{key}.npy", arrays[key])
+    final = directory.parent / version_dirs.version_dirname(manifest["version"])  # where publish moves it
+    manifest = {**manifest, **described, "store": "faiss", "location": str(final), "gpu": gpu,
+                "index_seconds": time.perf_counter() - started}
+    (directory / "encoder.sha256").write_text(manifest["checkpoint_hash"] + "\n")
+    (directory / version_dirs.MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+class FaissVersion(SearchableVersion):
+    """A version's two faiss indexes in memory (or on the GPU), its ids, and its vectors mapped
+    from disk for arithmetic and filtered search."""
+
+    def __init__(self, version: Version, directory: Path, gpu: bool = False):
+        super().__init__(version)
+        self.directory = directory
+        self.indexes: dict[str, faiss.Index] = {}
+        self.ids: dict[str, np.ndarray] = {}
+        self._position_maps: dict[str, dict[int, int]] = {}
+        self._vector_files: dict[str, np.ndarray] = {}
+        for modality in MODALITIES:
+            index = faiss_index.read_index(str(directory / f"{modality}s.faiss"), gpu=gpu)
+            value = self.manifest[f"{modality}_index"].get("search_value")
+            if value:
+                faiss_index.set_search_param(index, int(value))
+            self.indexes[modality] = index
+            self.ids[modality] = np.load(directory / f"{modality}_ids.npy")
+        # Built now, not by the first image-id query: the id map of 1M images takes about a second,
+        # and the vector files are opened while their version directory surely exists.
+        _ = self._positions("image"), self._vectors("image"), self._vectors("caption")
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return self.ids["image"]
+
+    def _positions(self, modality: str) -> dict[int, int]:
+        """Row id -> faiss row (built on first use; two threads may both build it, harmlessly)."""
+        if modality not in self._position_maps:
+            self._position_maps[modality] = {int(i): row for row, i in enumerate(self.ids[modality])}
+        return self._position_maps[modality]
+
+    def _vectors(self, modality: str) -> np.ndarray:
+        if modality not in self._vector_files:
+            self._vector_files[modality] = np.load(self.directory / f"{modality}_vectors.npy", mmap_mode="r")
+        return self._vector_files[modality]
+
+    def image_vectors(self, image_ids: np.ndarray) -> np.ndarray:
+        positions = self._positions("image")
+        try:
+            rows = [positions[int(i)] for i in image_ids]
+        except KeyError as error:
+            raise KeyError(f"image {error.args[0]} is not in version {self.number}") from None
+        return np.asarray(self._vectors("image")[rows])
+
+    def search(self, modality: str, queries: np.ndarray, k: int, among: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if among is not None:
+            return self._search_among(modality, queries, k, among)
+        index, ids = self.indexes[modality], self.ids[modality]
+        k = max(0, min(k, index.ntotal))
+        if k == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        scores, rows = index.search(queries, k)
+        return scores, np.where(rows >= 0, ids[np.clip(rows, 0, None)], -1)
+
+    def _search_among(self, modality: str, queries: np.ndarray, k: int, among: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search over a subset: its vectors are read from the mapped file, so the cost is
+        the subset's size, not the index's, and no approximation is involved."""
+        positions = self._positions(modality)
+        rows = np.asarray(sorted({positions[int(i)] for i in among if int(i) in positions}), dtype=np.int64)
+        if k <= 0 or len(rows) == 0:
+            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        scores, found = faiss_index.exact_search(np.asarray(self._vectors(modality)[rows]), queries, k)
+        return scores, self.ids[modality][rows][found]
