@@ -22,9 +22,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that mean "your input or environment is wrong": one line, no traceback. Anything
     else (a genuine bug) keeps its traceback."""
     from indexer.db import DatabaseError
+    from indexer.vector_store import VectorStoreError
     from models.encoders import CheckpointError, PretrainedUnavailableError
 
-    return (ValueError, OSError, CheckpointError, PretrainedUnavailableError, FloatingPointError, DatabaseError)
+    return (ValueError, OSError, CheckpointError, PretrainedUnavailableError, FloatingPointError, DatabaseError,
+            VectorStoreError)
 
 
 def main() -> None:

@@ -35,12 +35,15 @@ from indexer.vector_store import (
     IndexSettings,
     SearchableVersion,
     VectorStore,
+    VectorStoreError,
     Version,
     check_index_name,
 )
 
-# milvus-lite has no MVCC timestamp to give a scan; pymilvus warns about it on every batch.
+# milvus-lite has no MVCC timestamp to give a scan: its in-process gRPC server logs the unimplemented
+# call with a traceback, and pymilvus warns, on every scan (which then reads the latest data).
 logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 MANIFESTS = "imgsearch_manifests"
 MAX_TOP_K = 16_384        # Milvus refuses larger limits
@@ -353,8 +356,8 @@ def _connect(uri: str, token: str, db_name: str) -> MilvusClient:
         return MilvusClient(uri=uri, token=token, db_name=db_name)
     except MilvusException as error:
         if uri.endswith(".db"):
-            raise RuntimeError(
+            raise VectorStoreError(
                 f"cannot open the milvus-lite file {uri} ({error.message}): milvus-lite lets one process "
                 "open a file, so it may be open elsewhere (a running server: reindex through POST "
                 "/api/admin/reindex, serve with one worker, or run a Milvus server)") from None
-        raise RuntimeError(f"cannot reach Milvus at {uri}: {error.message}") from None
+        raise VectorStoreError(f"cannot reach Milvus at {uri}: {error.message}") from None

@@ -32,6 +32,11 @@ ARRAY_KEYS = ("image_ids", "image_vectors", "caption_ids", "caption_image_ids", 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
 
+class VectorStoreError(RuntimeError):
+    """The store cannot do what was asked for a reason outside the code: unreachable, locked, not
+    installed. Shown to users as one line."""
+
+
 def check_index_name(name: str) -> str:
     if not _NAME.match(name or ""):
         raise ValueError(f"index name {name!r}: use up to 100 letters, digits, '-' or '_' (not first)")
@@ -181,7 +186,7 @@ class VectorStore(ABC):
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as error:
-                raise RuntimeError(f"another build of index {name!r} is running") from error
+                raise VectorStoreError(f"another build of index {name!r} is running") from error
             yield
 
 
@@ -196,7 +201,7 @@ def open_vector_store(url: str | None, index_dir: Path) -> VectorStore:
     try:
         from indexer.milvus_store import MilvusStore
     except ImportError as error:
-        raise RuntimeError(f"vector store {url!r} is Milvus, whose client is not installed: "
+        raise VectorStoreError(f"vector store {url!r} is Milvus, whose client is not installed: "
                            f"pip install 'imgsearch[milvus]' ({error})") from None
     if url.startswith("milvus-lite:") or url.endswith(".db"):
         return MilvusStore(url.removeprefix("milvus-lite:").removeprefix("//"), lock_dir=index_dir)
