@@ -210,6 +210,10 @@ def index(
     memory_budget: Annotated[str | None, typer.Option(help="e.g. 4G: steers the automatic index choice")] = None,
     recall_target: Annotated[float, typer.Option(help="recall@10 the search parameter is tuned to")] = 0.95,
     batch_size: int = 64, workers: int = 2,
+    ray: Annotated[str | None, typer.Option(help="encode images on a Ray cluster: auto (the one running here, "
+                                                 "else a local one) or its address (HOST:PORT, ray://...)")] = None,
+    ray_actors: Annotated[int | None, typer.Option(help="encoders on the Ray cluster (default: one per GPU, "
+                                                        "else one per node)")] = None,
 ) -> None:
     """Encode a gallery's images and captions and publish a new index version."""
     from app.settings import get_settings
@@ -219,7 +223,8 @@ def index(
     settings = get_settings()
     options = BuildOptions(index_type=index_type, memory_budget=parse_memory(memory_budget),
                            recall_target=recall_target, batch_size=batch_size, workers=workers,
-                           device=settings.device, backbone_runtime=settings.backbone_runtime)
+                           device=settings.device, backbone_runtime=settings.backbone_runtime, ray_address=ray,
+                           ray_actors=ray_actors)
     report = build_index(gallery=gallery, encoder_spec=encoder, name=name, index_dir=settings.index_dir,
                          sessions=_catalogue(settings), full=full, options=options,
                          vector_store=settings.vector_store())
@@ -281,7 +286,11 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
         # Each process serves one query at a time; thread pools per process would only fight
         # over the same cores (torch and faiss both read this when they start).
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    typer.echo(f"serving {settings.index_dir} on http://{host}:{port}/ (API docs at /docs)")
+    store_url = settings.vector_store_url or ""
+    if workers > 1 and (store_url.startswith("milvus-lite:") or store_url.endswith(".db")):
+        raise ValueError(f"{store_url}: milvus-lite lets one process open its file; serve with --workers 1, "
+                         "or run a Milvus server (docker compose --profile milvus)")
+    typer.echo(f"serving {store_url or settings.index_dir} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, reload=reload, workers=workers,
                 access_log=access_log)
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from indexer import assembly, catalogue_reads, catalogue_writes
 from indexer.catalogue import IndexVersion
 from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, scan_changes
-from indexer.pipeline import encode_image_files
+from indexer.pipeline import EncodedImages, encode_image_files
 from indexer.status import latest_build_source
 from indexer.vector_store import IndexSettings, VectorStore, Version, open_vector_store
 from models.data import DatasetError, SkipReport, load_records
@@ -38,6 +38,8 @@ class BuildOptions:
     backbone_runtime: str = "openvino"  # how the image backbone runs on the CPU (backbone_runtime.RUNTIMES)
     progress: bool = True
     keep_versions: int = 2
+    ray_address: str | None = None     # encode images on this Ray cluster ("auto": the local one)
+    ray_actors: int | None = None      # encoders on the cluster (default: one per GPU, or per node)
 
     def index_settings(self) -> IndexSettings:
         return IndexSettings(self.index_type, self.memory_budget, self.recall_target,
@@ -171,8 +173,7 @@ def _build_version(sessions, row: IndexVersion, stage: _Stage, changes: GalleryC
                    previous: dict[str, np.ndarray] | None, encoder: Encoder, gallery_key: str, store: VectorStore,
                    options: BuildOptions) -> BuildReport:
     to_encode = changes.new + [scanned for scanned, _ in changes.changed]
-    encoded = encode_image_files(encoder, [s.record.path for s in to_encode], options.batch_size, options.workers,
-                                 options.progress)
+    encoded = _encode_images(encoder, row, [s.record.path for s in to_encode], options)
     skipped = SkipReport(changes.missing.skipped + encoded.report.skipped)
     with sessions() as session, session.begin():
         image_rows = catalogue_writes.write_image_rows(session, gallery_key, to_encode, encoded, changes)
@@ -191,6 +192,18 @@ def _build_version(sessions, row: IndexVersion, stage: _Stage, changes: GalleryC
     return BuildReport(row.index_name, "built", row.version, len(arrays["image_ids"]), len(arrays["caption_ids"]),
                        len(encoded.kept), len(kept), len(removed_ids), changes.summary(), manifest["image_index"],
                        manifest["caption_index"], skipped, 0.0, encoded.images_per_second)
+
+
+def _encode_images(encoder: Encoder, row: IndexVersion, paths: list[Path], options: BuildOptions) -> EncodedImages:
+    """In this process (decoding in worker processes), or on a Ray cluster."""
+    if options.ray_address is None or not paths:
+        return encode_image_files(encoder, paths, options.batch_size, options.workers, options.progress)
+    from indexer.ray_encoding import encode_image_files_on_ray
+
+    return encode_image_files_on_ray(row.encoder_path, row.checkpoint_hash, paths, address=options.ray_address,
+                                     image_size=encoder.image_size, embed_dim=encoder.embed_dim,
+                                     batch_size=options.batch_size, actors=options.ray_actors,
+                                     device=options.device, runtime=options.backbone_runtime)
 
 
 def _stage_and_activate(session: Session, row: IndexVersion, stage: _Stage, arrays: dict[str, np.ndarray],

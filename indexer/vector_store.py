@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
@@ -205,6 +206,9 @@ def open_vector_store(url: str | None, index_dir: Path) -> VectorStore:
                            f"pip install 'imgsearch[milvus]' ({error})") from None
     if url.startswith("milvus-lite:") or url.endswith(".db"):
         return MilvusStore(url.removeprefix("milvus-lite:").removeprefix("//"), lock_dir=index_dir)
-    if url.startswith(("http://", "https://", "tcp://", "unix:")):
-        return MilvusStore(url, lock_dir=index_dir)
+    if url.startswith(("http://", "https://")):
+        parts = urlsplit(url)
+        options = parse_qs(parts.query)
+        return MilvusStore(parts._replace(query="").geturl(), lock_dir=index_dir,
+                           token=options.get("token", [""])[0], db_name=options.get("db", [""])[0])
     raise ValueError(f"vector store {url!r}: expected faiss, milvus-lite:PATH.db, or http://HOST:19530 (Milvus)")

@@ -30,6 +30,12 @@ def test_compose_file_is_valid(tmp_path):
     with_gpu = subprocess.run([*_compose_command(), "-f", str(ROOT / "docker-compose.yml"), "--profile", "gpu",
                                "config", "--services"], capture_output=True, text=True, env=env, cwd=ROOT)
     assert with_gpu.returncode == 0 and "app-gpu" in with_gpu.stdout
+    with_milvus = subprocess.run([*_compose_command(), "-f", str(ROOT / "docker-compose.yml"), "--profile", "milvus",
+                                  "config"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert with_milvus.returncode == 0, with_milvus.stderr
+    for service in ("etcd:", "minio:", "milvus:", "indexer-milvus:", "app-milvus:"):
+        assert service in with_milvus.stdout
+    assert "VECTOR_STORE_URL: http://milvus:19530" in with_milvus.stdout and "healthz" in with_milvus.stdout
 
 
 @pytest.mark.slow
