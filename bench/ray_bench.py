@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import socket
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def free_port() -> int:
 
 
 def start_cluster(nodes: int, cpus_per_node: int) -> str:
-    """A head and nodes-1 more raylets on loopback; returns the address to join."""
+    """A head and nodes-1 more raylets on this machine; returns the address to join."""
     port = free_port()
     common = ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus_per_node}", "--disable-usage-stats"]
     subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
@@ -100,6 +101,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ray_bench.json")
     args = parser.parse_args()
+    # Ray (2.59+) authenticates every connection with a token, read when ray is imported: one is
+    # made for the run and shared through the environment with the raylets and this driver.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     import ray
 
     results: dict = {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),

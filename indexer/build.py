@@ -203,7 +203,8 @@ def _encode_images(encoder: Encoder, row: IndexVersion, paths: list[Path], optio
     return encode_image_files_on_ray(row.encoder_path, row.checkpoint_hash, paths, address=options.ray_address,
                                      image_size=encoder.image_size, embed_dim=encoder.embed_dim,
                                      batch_size=options.batch_size, actors=options.ray_actors,
-                                     device=options.device, runtime=options.backbone_runtime)
+                                     device=options.device, runtime=options.backbone_runtime,
+                                     progress=options.progress)
 
 
 def _stage_and_activate(session: Session, row: IndexVersion, stage: _Stage, arrays: dict[str, np.ndarray],

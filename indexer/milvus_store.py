@@ -233,16 +233,22 @@ class MilvusStore(VectorStore):
 
     def _tune(self, collection: str, choice: IndexChoice, ids: np.ndarray, vectors: np.ndarray,
               recall_target: float) -> tuple[str | None, int | None, float]:
-        """The smallest nprobe / ef whose recall@10 reaches the target (as the faiss store does)."""
-        if choice.kind == "flat" or len(vectors) == 0:
+        """The smallest nprobe / ef whose recall@10 reaches the target. The queries are indexed
+        vectors, each left out of its own answer and of the truth (otherwise every query finds
+        itself, and a recall measured that way overstates what new queries get by up to 1/k)."""
+        if choice.kind == "flat" or len(vectors) <= 1:
             return None, None, 1.0
-        sample = query_sample(vectors, 200)
-        k = min(10, len(vectors))
-        truth = ids[exact_search(vectors, sample, k)[1]]  # Milvus answers with row ids, not positions
+        sample = query_sample(vectors, 500)
+        k = min(10, len(vectors) - 1)
+        _, positions = exact_search(vectors, sample, k + 1)
+        truth = ids[positions[:, 1:]]  # each query's nearest is itself
+        own = ids[positions[:, :1]]
         param = "ef" if choice.kind == "hnsw" else "nprobe"
 
         def recall_with(value: int) -> float:
-            return recall_at_k(_search(self.client, collection, sample, k, param, value)[1], truth)
+            found = _search(self.client, collection, sample, k + 1, param, value)[1]
+            others = [row[row != mine][:k] for row, mine in zip(found, own[:, 0], strict=True)]
+            return recall_at_k(np.stack([np.pad(o, (0, k - len(o)), constant_values=-1) for o in others]), truth)
 
         value, recall = tune_parameter(recall_with, 4096 if param == "ef" else _nlist(choice), recall_target)
         return param, value, recall

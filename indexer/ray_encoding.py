@@ -26,30 +26,35 @@ log = logging.getLogger(__name__)
 
 
 def connect(address: str) -> None:
-    """Join the cluster at `address` ("auto": the one this machine runs, else a local one)."""
+    """Join the cluster at `address` ("auto": the one this machine runs, else a local one). A
+    cluster with token authentication (Ray's default from 2.59) needs RAY_AUTH_TOKEN set here as on
+    its nodes; a failure is a ConnectionError, which the CLI shows as one line."""
     import ray
 
     if ray.is_initialized():
         return
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address != "auto":
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, **quiet)
         return
     try:
-        ray.init(address="auto", log_to_driver=False)
+        ray.init(address="auto", **quiet)
     except ConnectionError:
         log.info("no Ray cluster is running here: starting a local one")
-        ray.init(log_to_driver=False, include_dashboard=False)
+        ray.init(include_dashboard=False, **quiet)
 
 
 def encode_image_files_on_ray(encoder_spec: str, checkpoint_hash: str, paths: Sequence[Path], *, address: str,
                               image_size: int, embed_dim: int, batch_size: int = 64, actors: int | None = None,
-                              device: str = "cpu", runtime: str = "openvino") -> EncodedImages:
+                              device: str = "cpu", runtime: str = "openvino", progress: bool = True
+                              ) -> EncodedImages:
     """Encode image files on the Ray cluster at `address`; `actors` encoders (default: one per
     GPU of the cluster, or one per node without GPUs)."""
     import ray
 
     started = time.perf_counter()
     connect(address)
+    ray.data.DataContext.get_current().enable_progress_bars = progress
     gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
     actors = actors or gpus or max(1, len([n for n in ray.nodes() if n.get("Alive")]))
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
@@ -63,8 +68,9 @@ def encode_image_files_on_ray(encoder_spec: str, checkpoint_hash: str, paths: Se
                .map_batches(_EncodeActor, fn_constructor_kwargs={
                    "spec": encoder_spec, "checkpoint_hash": checkpoint_hash, "device": device if gpus else "cpu",
                    "runtime": runtime, "threads": threads},
-                            batch_size=batch_size, batch_format="numpy", concurrency=actors,
-                            num_gpus=1 if gpus else 0, num_cpus=0.5))
+                            batch_size=batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=1 if gpus else 0,
+                            num_cpus=0.5))
     return _collect(dataset, paths, embed_dim, started)
 
 

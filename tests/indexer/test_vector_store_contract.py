@@ -223,3 +223,39 @@ def test_an_incremental_rebuild_reuses_vectors_in_either_store(store, gallery: P
     scores, found = served.search("image", encoder.encode_text(["a red circle"]).numpy(), 3)
     assert found.shape == (1, 3) and (found > 0).all() and scores[0, 0] >= scores[0, 2]
     assert build().status == "up-to-date"
+
+
+# --- opening a store: URLs, and the errors a user sees -------------------------------------------
+def test_store_urls_and_their_errors(tmp_path):
+    from indexer.faiss_store import FaissFileStore
+    from indexer.vector_store import VectorStoreError
+
+    assert isinstance(open_vector_store(None, tmp_path), FaissFileStore)
+    assert isinstance(open_vector_store("faiss", tmp_path), FaissFileStore)
+    with pytest.raises(ValueError, match="expected faiss, milvus-lite:PATH.db, or http"):
+        open_vector_store("redis://localhost", tmp_path)
+    with pytest.raises(ValueError, match="index name 'a/b'"):
+        open_vector_store(None, tmp_path).current("a/b")
+    pytest.importorskip("pymilvus", reason="the Milvus store needs pymilvus and milvus-lite (imgsearch[milvus])")
+    with pytest.raises(VectorStoreError, match="cannot reach Milvus at http://127.0.0.1:1:"):
+        open_vector_store("http://127.0.0.1:1?token=secret", tmp_path)  # the token is not echoed
+    assert open_vector_store(f"milvus-lite:{tmp_path / 'v.db'}", tmp_path).location == str(tmp_path / "v.db")
+
+
+def test_a_milvus_lite_file_open_elsewhere_is_one_line_from_the_cli(tmp_path):
+    """milvus-lite lets one process open a file: a second one (here the CLI, while this test
+    holds it as a server would) is told why, in one line, with what to do instead."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("pymilvus", reason="the Milvus store needs pymilvus and milvus-lite (imgsearch[milvus])")
+    path = tmp_path / "vectors.db"
+    held = open_vector_store(f"milvus-lite:{path}", tmp_path)
+    env = {**os.environ, "VECTOR_STORE_URL": f"milvus-lite:{path}", "DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}",
+           "INDEX_DIR": str(tmp_path / "idx")}
+    done = subprocess.run([sys.executable, "-m", "app.cli", "admin", "status"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "milvus-lite lets one process open a file" in done.stderr and "POST /api/admin/reindex" in done.stderr
+    assert held.index_names() == []  # the holder is unaffected
