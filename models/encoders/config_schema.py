@@ -1,7 +1,8 @@
-"""The keys an encoder config may hold, section by section, as pydantic models that forbid any
-other key: a misspelt key ("dropuot") fails with its path and where the config came from instead
-of silently falling back to its default. The families still read their sections as dicts; these
-models are the one list of what those dicts may contain (values are checked by the families)."""
+"""The keys an encoder config may hold, section by section, with the type of each value, as
+pydantic models that forbid any other key: a misspelt key ("dropuot") or a value of the wrong kind
+("dropout": "high") fails with its path and where the config came from, instead of silently
+falling back to a default or failing deep inside a tower. The families read their sections as
+dicts and keep their own defaults; these models are the one list of what those dicts may hold."""
 
 from __future__ import annotations
 
@@ -9,36 +10,43 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+Int = int | None
+Real = float | None
+Flag = bool | None
+Text = str | None
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _section(name: str, keys: str) -> type[_Section]:
-    """A section model accepting exactly `keys` (space-separated), each any value or absent."""
-    return create_model(name, __base__=_Section, **{key: (Any, None) for key in keys.split()})
+def _section(name: str, **fields: Any) -> type[_Section]:
+    """A section model accepting exactly these keys, each of its type or absent (None)."""
+    return create_model(name, __base__=_Section, **{key: (kind, None) for key, kind in fields.items()})
 
 
 # image: the backbone and its projection (hidden: VSE's two-layer projection; model, model_cfg: open_clip)
-ImageSection = _section("ImageSection", "backbone pretrained freeze dropout hidden train_last_blocks "
-                                        "backbone_lr_scale model model_cfg")
+ImageSection = _section("ImageSection", backbone=Text, pretrained=Text, freeze=Flag, dropout=Real, hidden=Int,
+                        train_last_blocks=Int, backbone_lr_scale=Real, model=Text, model_cfg=dict | None)
 # text: gru | lstm | sentence_transformer | textcnn (blocks, channels, position_shift, word_vectors)
-TextSection = _section("TextSection", "kind word_dim hidden_dim max_length layers rnn path freeze dropout blocks "
-                                      "channels position_shift word_vectors")
-LossSection = _section("LossSection", "kind margin warmup_epochs anneal_epochs temperature weight")
-InstanceLossSection = _section("InstanceLossSection", "weight dropout classes")          # Dual-Path
-StagesSection = _section("StagesSection", "stage1_epochs stage1_backbone")               # Dual-Path
-CaptionSection = _section("CaptionSection", "attention_dim beam_width hidden_dim max_length regions_from "
-                                            "scst_from_epoch scst_weight weight word_dim")  # GXN
-ImagineSection = _section("ImagineSection", "condition_dim discriminator_lr discriminator_width generator_width "
-                                            "image_size kl_weight noise_dim weight")  # GXN
-ScheduleSection = _section("ScheduleSection", "warmup_epochs")                           # GXN
+TextSection = _section("TextSection", kind=Text, word_dim=Int, hidden_dim=Int, max_length=Int, layers=Int, rnn=Text,
+                       path=Text, freeze=Flag, dropout=Real, blocks=list[int] | None, channels=list[int] | None,
+                       position_shift=Flag, word_vectors=Text)
+LossSection = _section("LossSection", kind=Text, margin=Real, warmup_epochs=Int, anneal_epochs=Int, temperature=Real,
+                       weight=Real)
+InstanceLossSection = _section("InstanceLossSection", weight=Real, dropout=Real, classes=Int)     # Dual-Path
+StagesSection = _section("StagesSection", stage1_epochs=Int, stage1_backbone=Text)                # Dual-Path
+CaptionSection = _section("CaptionSection", attention_dim=Int, beam_width=Int, hidden_dim=Int, max_length=Int,
+                          regions_from=Text, scst_from_epoch=Int, scst_weight=Real, weight=Real, word_dim=Int)  # GXN
+ImagineSection = _section("ImagineSection", condition_dim=Int, discriminator_lr=Real, discriminator_width=Int,
+                          generator_width=Int, image_size=Int, kl_weight=Real, noise_dim=Int, weight=Real)  # GXN
+ScheduleSection = _section("ScheduleSection", warmup_epochs=Int)                                   # GXN
 
 
 class EncoderConfig(_Section):
     family: str
-    embed_dim: Any = None
-    image_size: Any = None
+    embed_dim: Int = None
+    image_size: Int = None
     image: ImageSection | None = None
     text: TextSection | None = None
     loss: LossSection | None = None
@@ -47,11 +55,11 @@ class EncoderConfig(_Section):
     caption: CaptionSection | None = None              # GXN
     imagine: ImagineSection | None = None              # GXN
     schedule: ScheduleSection | None = None            # GXN
-    model: Any = None                                  # open_clip
-    model_cfg: Any = None
-    pretrained: Any = None
+    model: Text = None                                 # open_clip
+    model_cfg: dict | None = None
+    pretrained: Text = None
     members: Any = None                                # ensembles: each member's own config
-    lambda_: Any = Field(None, alias="lambda")         # GXN's weight of the low level (a Python keyword)
+    lambda_: Real = Field(None, alias="lambda")         # GXN's weight of the low level (a Python keyword)
 
 
 def check_encoder_config(config: dict[str, Any], source: str) -> EncoderConfig:

@@ -213,6 +213,8 @@ def test_a_misspelt_encoder_config_key_fails_naming_it_and_where_it_came_from(tm
     with pytest.raises(ValueError, match=r"vse_tiny_gru\.json with overrides: encoder config: unknown key "
                                          r"'image\.dropuot'"):
         create_encoder("vse_tiny_gru", vocab=VOCAB, overrides={"image": {"dropuot": 0.1}})
+    with pytest.raises(ValueError, match=r"image\.dropout: Input should be a valid number"):
+        create_encoder("vse_tiny_gru", vocab=VOCAB, overrides={"image": {"dropout": "high"}})
     with pytest.raises(ValueError, match=r"unknown key 'lossy'"):
         create_encoder("custom", vocab=VOCAB, config={"family": "vse", "embed_dim": 8, "lossy": {}})
     config = tmp_path / "run.toml"
