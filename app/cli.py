@@ -210,6 +210,9 @@ def index(
     memory_budget: Annotated[str | None, typer.Option(help="e.g. 4G: steers the automatic index choice")] = None,
     recall_target: Annotated[float, typer.Option(help="recall@10 the search parameter is tuned to")] = 0.95,
     batch_size: int = 64, workers: int = 2,
+    describe: Annotated[bool | None, typer.Option(
+        "--describe/--no-describe", help="write a generated caption for every image without one (default: when "
+                                         "the encoder can describe images, e.g. GXN)")] = None,
     ray: Annotated[str | None, typer.Option(help="encode images on a Ray cluster: auto (the one running here, "
                                                  "else a local one) or its address (HOST:PORT, ray://...)")] = None,
     ray_actors: Annotated[int | None, typer.Option(help="encoders on the Ray cluster (default: one per GPU, "
@@ -223,8 +226,8 @@ def index(
     settings = get_settings()
     options = BuildOptions(index_type=index_type, memory_budget=parse_memory(memory_budget),
                            recall_target=recall_target, batch_size=batch_size, workers=workers,
-                           device=settings.device, backbone_runtime=settings.backbone_runtime, ray_address=ray,
-                           ray_actors=ray_actors)
+                           device=settings.device, backbone_runtime=settings.backbone_runtime, describe=describe,
+                           ray_address=ray, ray_actors=ray_actors)
     report = build_index(gallery=gallery, encoder_spec=encoder, name=name, index_dir=settings.index_dir,
                          sessions=_catalogue(settings), full=full, options=options,
                          vector_store=settings.vector_store())

@@ -8,16 +8,17 @@ Ctrl-C) leaves the previous version serving, and what it staged is removed.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from indexer import assembly, catalogue_reads, catalogue_writes
+from indexer import assembly, catalogue_reads, catalogue_writes, describing
 from indexer.catalogue import IndexVersion
 from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, scan_changes
 from indexer.pipeline import EncodedImages, encode_image_files
@@ -25,6 +26,8 @@ from indexer.status import latest_build_source
 from indexer.vector_store import IndexSettings, VectorStore, Version, open_vector_store
 from models.data import DatasetError, SkipReport, load_records
 from models.encoders import Encoder, resolve_encoder
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +41,7 @@ class BuildOptions:
     backbone_runtime: str = "openvino"  # how the image backbone runs on the CPU (backbone_runtime.RUNTIMES)
     progress: bool = True
     keep_versions: int = 2
+    describe: bool | None = None       # generated captions for images without any (None: if the encoder can)
     ray_address: str | None = None     # encode images on this Ray cluster ("auto": the local one)
     ray_actors: int | None = None      # encoders on the cluster (default: one per GPU, or per node)
 
@@ -62,6 +66,8 @@ class BuildReport:
     skipped: SkipReport = field(default_factory=SkipReport)
     seconds: float = 0.0
     images_per_second: float = 0.0
+    described_images: int = 0
+    describe_images_per_second: float = 0.0
 
     def summary(self) -> str:
         if self.status == "up-to-date":
@@ -71,6 +77,9 @@ class BuildReport:
                  f"{self.reused_images} reused, {self.removed_images} removed), {self.caption_count} captions",
                  f"  image index {self.image_index.get('factory')} (recall@10 {self.image_index.get('recall', 1):.3f}),"
                  f" caption index {self.caption_index.get('factory')}; {self.seconds:.1f} s"]
+        if self.described_images:
+            lines.append(f"  {self.described_images} captions generated for images without any "
+                         f"({self.describe_images_per_second:.1f} img/s)")
         if len(self.skipped):
             lines.append("  " + self.skipped.summary().replace("\n", "\n  "))
         return "\n".join(lines)
@@ -98,7 +107,9 @@ def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
             full = True
         previous_ids = store.read_arrays(previous, ("image_ids",))["image_ids"] if previous else None
         changes = scan_changes(records, catalogue_reads.known_images(sessions, previous_ids), full=full)
-        if previous is not None and changes.nothing_to_do and not full:
+        if previous is not None and changes.nothing_to_do and not full and not (
+                describing.describes(encoder, options.describe)
+                and describing.undescribed(sessions, changes, checkpoint_hash)):
             return BuildReport(name, "up-to-date", previous.number, changes=changes.summary(),
                                skipped=changes.missing, seconds=time.perf_counter() - started)
         with _new_version(sessions, store, name, gallery_key, encoder, encoder_path, checkpoint_hash) as (row, stage):
@@ -134,8 +145,11 @@ def _new_version(sessions, store: VectorStore, name: str, gallery_key: str, enco
         yield row, stage
     except BaseException as error:
         if not stage.committed:
-            if stage.staged:
-                store.discard(name, row.version)
+            try:
+                if stage.staged:
+                    store.discard(name, row.version)
+            except Exception as cleanup_error:  # e.g. the store is what failed: the next build's reconcile removes it
+                log.warning("%s: could not remove staged version %s (%s)", name, row.version, cleanup_error)
             catalogue_writes.mark_failed(sessions, row, f"{type(error).__name__}: {error}")
         # Committed but not switched: the catalogue says the new version is active, and the
         # next build (reconcile) points CURRENT at it; until then the previous one serves.
@@ -158,6 +172,10 @@ def reconcile(store: VectorStore, name: str, sessions: sessionmaker[Session]) ->
     the switch). Called by every build, holding the build lock, before it decides anything."""
     store.remove_abandoned(name)
     active = catalogue_writes.fail_interrupted_builds(sessions, name)
+    if active is not None:  # staged, never committed (killed between the two): not a version to keep
+        for orphan in [number for number in store.versions(name) if number > active]:
+            with suppress(ValueError):  # current after all (a store shared with another catalogue): leave it
+                store.discard(name, orphan)
     try:
         current = store.current(name)
     except FileNotFoundError:  # CURRENT names a directory that is gone (e.g. lost in a power cut)
@@ -174,12 +192,23 @@ def _build_version(sessions, row: IndexVersion, stage: _Stage, changes: GalleryC
                    options: BuildOptions) -> BuildReport:
     to_encode = changes.new + [scanned for scanned, _ in changes.changed]
     encoded = _encode_images(encoder, row, [s.record.path for s in to_encode], options)
-    skipped = SkipReport(changes.missing.skipped + encoded.report.skipped)
+    described = (describing.describe_for_build(sessions, encoder, row.checkpoint_hash, to_encode, encoded, changes,
+                                               batch_size=options.batch_size, workers=options.workers,
+                                               progress=options.progress)
+                 if describing.describes(encoder, options.describe) else describing.NOTHING)
+    skipped = SkipReport(changes.missing.skipped + encoded.report.skipped + described.report.skipped)
     with sessions() as session, session.begin():
         image_rows = catalogue_writes.write_image_rows(session, gallery_key, to_encode, encoded, changes)
         kept = _reused(changes)
         captions, recaptioned = catalogue_writes.write_caption_rows(session, to_encode, image_rows, changes,
                                                                     previous)
+        if described.captions:
+            row_of = {**{s.record.image_id: k.row_id for s, k in kept}, **image_rows}
+            generated = catalogue_writes.write_generated_captions(
+                session, {row_of[path]: text for path, text in described.captions.items() if path in row_of},
+                row.checkpoint_hash)
+            captions += [caption for caption in generated if caption[2]]  # an empty caption is kept, not indexed
+            recaptioned |= {image_id for _, image_id, _ in generated}
         arrays = assembly.assemble(previous, encoder, image_rows, encoded, kept, captions, recaptioned,
                                    options.progress)
         removed_ids = [k.row_id for _, k in changes.removed]
@@ -191,7 +220,8 @@ def _build_version(sessions, row: IndexVersion, stage: _Stage, changes: GalleryC
     store.switch(row.index_name, row.version)
     return BuildReport(row.index_name, "built", row.version, len(arrays["image_ids"]), len(arrays["caption_ids"]),
                        len(encoded.kept), len(kept), len(removed_ids), changes.summary(), manifest["image_index"],
-                       manifest["caption_index"], skipped, 0.0, encoded.images_per_second)
+                       manifest["caption_index"], skipped, 0.0, encoded.images_per_second,
+                       sum(bool(text) for text in described.captions.values()), described.images_per_second)
 
 
 def _encode_images(encoder: Encoder, row: IndexVersion, paths: list[Path], options: BuildOptions) -> EncodedImages:

@@ -54,6 +54,9 @@ class CaptionRow(Base):
     position: Mapped[int] = mapped_column(Integer, default=0)
     text: Mapped[str] = mapped_column(Text)
     source: Mapped[str] = mapped_column(String(16), default="human")  # human | generated
+    # The checkpoint hash of the encoder that wrote a generated caption: indexes with other
+    # encoders over the same images neither serve nor replace it.
+    generated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     image: Mapped[ImageRow] = relationship(back_populates="captions")
 

@@ -37,7 +37,7 @@ class CaptionInfo:
 _IMAGES_WITH_CAPTIONS = (
     select(ImageRow.id, ImageRow.path, ImageRow.file_path, ImageRow.content_hash, ImageRow.width,
            ImageRow.height, CaptionRow.text)
-    .outerjoin(CaptionRow, CaptionRow.image_id == ImageRow.id)
+    .outerjoin(CaptionRow, (CaptionRow.image_id == ImageRow.id) & (CaptionRow.source == "human"))
     .where(ImageRow.id.in_(bindparam("ids", expanding=True)))
     .order_by(ImageRow.id, CaptionRow.position, CaptionRow.id))
 _CAPTIONS = (select(CaptionRow.id, CaptionRow.text, CaptionRow.source, CaptionRow.image_id)

@@ -109,6 +109,32 @@ def write_caption_rows(session: Session, to_encode: list[ScannedFile], image_row
     return written, {image_id for image_id, _ in targets}
 
 
+def write_generated_captions(session: Session, captions: dict[int, str], generated_by: str
+                             ) -> list[tuple[int, int, str]]:
+    """The caption encoder `generated_by` wrote for each image (image id -> text); returns
+    (caption id, image id, text). A row that already says the same (another index with this
+    encoder made it) is kept, not replaced, so that index's entries stay valid; other encoders'
+    captions are left alone."""
+    image_ids = list(captions)
+    existing: dict[int, tuple[int, str]] = {}
+    for start in range(0, len(image_ids), 5000):
+        existing.update({image_id: (caption_id, text) for caption_id, image_id, text in session.execute(
+            select(CaptionRow.id, CaptionRow.image_id, CaptionRow.text).where(
+                CaptionRow.image_id.in_(image_ids[start:start + 5000]), CaptionRow.source == "generated",
+                CaptionRow.generated_by == generated_by))})
+    kept = [(existing[i][0], i, text) for i, text in captions.items() if i in existing and existing[i][1] == text]
+    replaced = {i for i in captions if i in existing and existing[i][1] != captions[i]}
+    for start in range(0, len(replaced), 5000):
+        session.execute(delete(CaptionRow).where(CaptionRow.image_id.in_(sorted(replaced)[start:start + 5000]),
+                                                 CaptionRow.source == "generated",
+                                                 CaptionRow.generated_by == generated_by))
+    rows = [CaptionRow(image_id=i, position=0, text=text, source="generated", generated_by=generated_by)
+            for i, text in captions.items() if i not in existing or i in replaced]
+    session.add_all(rows)
+    session.flush()
+    return kept + [(row.id, row.image_id, row.text) for row in rows]
+
+
 def _captions_rewritten_elsewhere(session: Session, previous: dict[str, np.ndarray] | None,
                                   changes: GalleryChanges) -> list[tuple[int, tuple]]:
     """Reused images whose previous caption rows are gone: another index over the same gallery

@@ -110,7 +110,8 @@ class MilvusStore(VectorStore):
         return Version(name, number, self._manifest(name, number))
 
     def versions(self, name: str) -> list[int]:
-        rows = self.client.query(MANIFESTS, filter=f'name == "{check_index_name(name)}"', output_fields=["number"])
+        rows = self.client.query(MANIFESTS, filter=f'name == "{check_index_name(name)}"', output_fields=["number"],
+                                 consistency_level="Strong")  # a manifest just written must be seen
         present = set(self.client.list_collections())
         return sorted(int(r["number"]) for r in rows
                       if all(version_collection(name, int(r["number"]), m) in present for m in MODALITIES))
@@ -201,7 +202,8 @@ class MilvusStore(VectorStore):
         self.client.create_collection(MANIFESTS, schema=schema, index_params=index)
 
     def _manifest(self, name: str, number: int) -> dict:
-        rows = self.client.get(MANIFESTS, ids=[f"{name}/{number}"], output_fields=["manifest"])
+        rows = self.client.get(MANIFESTS, ids=[f"{name}/{number}"], output_fields=["manifest"],
+                               consistency_level="Strong")
         if not rows:
             raise FileNotFoundError(f"{self.uri}: version {number} of {name!r} has no manifest")
         return json.loads(rows[0]["manifest"])
@@ -256,19 +258,18 @@ class MilvusStore(VectorStore):
     def _scan(self, collection: str, dim: int, with_vectors: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every row of a collection: (ids, owners, vectors or an empty array)."""
         fields = ["id", "owner"] + (["vector"] if with_vectors else [])
-        rows, owners, vectors = [], [], []
+        rows, owners, vectors = [], [], [np.zeros((0, dim), np.float32)]
         iterator = self.client.query_iterator(collection, batch_size=10_000, filter="id >= -1",
                                               output_fields=fields)
         try:
             while batch := iterator.next():
                 rows += [r["id"] for r in batch]
                 owners += [r["owner"] for r in batch]
-                if with_vectors:
-                    vectors += [r["vector"] for r in batch]
+                if with_vectors:  # float32 per batch: Python floats would take eight times the memory
+                    vectors.append(np.asarray([r["vector"] for r in batch], np.float32).reshape(-1, dim))
         finally:
             iterator.close()
-        return (np.asarray(rows, np.int64), np.asarray(owners, np.int64),
-                np.asarray(vectors, np.float32).reshape(-1, dim))
+        return np.asarray(rows, np.int64), np.asarray(owners, np.int64), np.concatenate(vectors)
 
     def _drop_version(self, name: str, number: int) -> None:
         for modality in MODALITIES:
@@ -341,8 +342,11 @@ class MilvusVersion(SearchableVersion):
 
     def _fetch(self, modality: str, wanted: list[int]) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of those of `wanted` this version holds, in the order asked."""
-        rows = self.client.get(self._collection(modality), ids=wanted, output_fields=["vector"]) if wanted else []
-        found = {int(r["id"]): r["vector"] for r in rows}
+        found = {}
+        for start in range(0, len(wanted), 10_000):  # one request per 10k ids: requests have a size limit
+            rows = self.client.get(self._collection(modality), ids=wanted[start:start + 10_000],
+                                   output_fields=["vector"])
+            found.update({int(r["id"]): r["vector"] for r in rows})
         ids = [i for i in wanted if i in found]
         return np.asarray(ids, np.int64), np.asarray([found[i] for i in ids], np.float32).reshape(
             len(ids), self.manifest["embed_dim"])
@@ -358,6 +362,10 @@ class MilvusVersion(SearchableVersion):
 
 
 def _connect(uri: str, token: str, db_name: str) -> MilvusClient:
+    # milvus-lite logs a failed start (a file another process holds) with a traceback before
+    # pymilvus raises; the error below says it in one line instead.
+    lite_log = logging.getLogger("milvus_lite.server_manager")
+    level, lite_log.level = lite_log.level, logging.CRITICAL
     try:
         return MilvusClient(uri=uri, token=token, db_name=db_name)
     except MilvusException as error:
@@ -367,3 +375,5 @@ def _connect(uri: str, token: str, db_name: str) -> MilvusClient:
                 "open a file, so it may be open elsewhere (a running server: reindex through POST "
                 "/api/admin/reindex, serve with one worker, or run a Milvus server)") from None
         raise VectorStoreError(f"cannot reach Milvus at {uri}: {error.message}") from None
+    finally:
+        lite_log.setLevel(level)

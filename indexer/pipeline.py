@@ -1,4 +1,5 @@
-"""The batched encode pipeline: reader (worker processes decode files) -> encoder -> vectors.
+"""The batched encode pipeline: reader (worker processes decode files) -> encoder -> vectors; and
+the describe stage, which reads the same way and writes a generated caption per image.
 
 Decoding runs in DataLoader workers so it overlaps encoding; unreadable files come back as
 errors and are reported, never raised.
@@ -77,6 +78,41 @@ def encode_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int 
     bar.close()
     vectors = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, encoder.embed_dim), np.float32)
     return EncodedImages(vectors, kept, sizes, report, time.perf_counter() - started)
+
+
+@dataclass
+class DescribedImages:
+    captions: dict[int, str]     # position in the input list -> generated caption
+    report: SkipReport
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.captions) / self.seconds if self.seconds else 0.0
+
+
+def describe_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int = 32, workers: int = 2,
+                         progress: bool = True) -> DescribedImages:
+    """A generated caption for each image file (the encoder's caption decoder, its default beam);
+    bad files are skipped and listed in the report."""
+    started = time.perf_counter()
+    report, captions = SkipReport(), {}
+    loader = DataLoader(_ImageFiles(paths, encoder.image_size), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, persistent_workers=False)
+    bar = tqdm(total=len(paths), desc="describe images", unit="img", disable=not progress)
+    encoder.eval()
+    for batch in loader:
+        good = [item for item in batch if item[4] is None]
+        for index, _, _, _, error in batch:
+            if error is not None:
+                report.add(paths[index], error)
+        if good:
+            texts = encoder.describe(torch.stack([item[1] for item in good]))
+            captions.update({item[0]: text for item, text in zip(good, texts, strict=True)})
+        bar.update(len(batch))
+        bar.set_postfix(img_s=f"{len(captions) / max(time.perf_counter() - started, 1e-9):.1f}")
+    bar.close()
+    return DescribedImages(captions, report, time.perf_counter() - started)
 
 
 def encode_texts(encoder: Encoder, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> np.ndarray:

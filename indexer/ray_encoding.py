@@ -56,6 +56,8 @@ def encode_image_files_on_ray(encoder_spec: str, checkpoint_hash: str, paths: Se
     connect(address)
     ray.data.DataContext.get_current().enable_progress_bars = progress
     gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
+    if gpus and actors and actors > gpus:  # each actor holds a GPU: the surplus would wait forever
+        raise ValueError(f"{actors} encoder actors asked for, but the Ray cluster has {gpus} GPU(s)")
     actors = actors or gpus or max(1, len([n for n in ray.nodes() if n.get("Alive")]))
     threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
     items = [{"position": i, "path": str(path)} for i, path in enumerate(paths)]

@@ -19,6 +19,8 @@ from indexer.vector_store import SearchableVersion, VectorStore
 
 log = logging.getLogger(__name__)
 
+RETRY_SECONDS = 30.0  # a version that failed to load is tried again after this long, not on every request
+
 
 class LiveIndex:
     """The current version of one named index, reloaded in place when the store switches another in."""
@@ -32,6 +34,7 @@ class LiveIndex:
         self._loaded: SearchableVersion | None = None
         self._stamp: object = None
         self._next_poll = 0.0
+        self._retry_stamp = False
         self.reload_if_changed()
 
     @property
@@ -57,13 +60,18 @@ class LiveIndex:
         if now < self._next_poll or self._lock.locked():
             return
         self._next_poll = now + self.store.poll_seconds
+        if self._retry_stamp:
+            self._stamp, self._retry_stamp = None, False
         if self.store.stamp(self.name) == self._stamp:
             return
         threading.Thread(target=self.reload_if_changed, name=f"reload-{self.name}", daemon=True).start()
 
     def reload_if_changed(self, wait: bool = False) -> bool:
         """Load the current version if it changed since the last load; True when it swapped.
-        With `wait`, a reload already running is waited for (and then this one is checked)."""
+        With `wait`, a reload already running is waited for (and then this one is checked), and a
+        version that failed to load is tried again at once."""
+        if wait and self._retry_stamp:
+            self._stamp, self._retry_stamp = None, False
         stamp = self.store.stamp(self.name)
         if stamp == self._stamp and not (wait and self._lock.locked()):
             return False
@@ -75,16 +83,19 @@ class LiveIndex:
             stamp = self.store.stamp(self.name)
             if stamp == self._stamp:
                 return False
-            self._stamp = stamp  # a version that fails to load is not retried on every request
             version = self.store.current(self.name)
             if version is not None and (self._loaded is None or version.number != self._loaded.number):
                 loaded = self.store.open(version, self.gpu)
                 self._prepare(loaded)
                 self._loaded = loaded  # fully loaded (and prepared) before it is visible
+            self._stamp = stamp
             return True
         except Exception as error:  # faiss raises RuntimeError, pymilvus MilvusException
-            log.error("index %s: cannot load its current version (%s); still serving %s", self.name, error,
-                      self._loaded.number if self._loaded else "nothing")
+            log.error("index %s: cannot load its current version (%s); still serving %s, trying again in %.0f s",
+                      self.name, error, self._loaded.number if self._loaded else "nothing", RETRY_SECONDS)
+            self._stamp = stamp  # not retried on every request...
+            self._next_poll = time.monotonic() + RETRY_SECONDS
+            self._retry_stamp = True  # ...but after RETRY_SECONDS (a Milvus timeout, a file system hiccup)
             if self._loaded is None:
                 raise
             return False

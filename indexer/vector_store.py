@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -160,6 +160,8 @@ class VectorStore(ABC):
     def remove_old_versions(self, name: str, keep: int = 2) -> list[int]:
         """Remove all but the newest `keep` versions up to the current one (never the current one,
         never a newer one); returns those removed."""
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1 (the current version), not {keep}")
         current = self.current(name)
         if current is None:
             return []
@@ -205,10 +207,14 @@ def open_vector_store(url: str | None, index_dir: Path) -> VectorStore:
         raise VectorStoreError(f"vector store {url!r} is Milvus, whose client is not installed: "
                            f"pip install 'imgsearch[milvus]' ({error})") from None
     if url.startswith("milvus-lite:") or url.endswith(".db"):
-        return MilvusStore(url.removeprefix("milvus-lite:").removeprefix("//"), lock_dir=index_dir)
+        path = url.removeprefix("milvus-lite:").removeprefix("//")
+        if not path.endswith(".db"):
+            raise ValueError(f"vector store {url!r}: a milvus-lite file must end in .db")
+        return MilvusStore(path, lock_dir=index_dir)
     if url.startswith(("http://", "https://")):
         parts = urlsplit(url)
-        options = parse_qs(parts.query)
-        return MilvusStore(parts._replace(query="").geturl(), lock_dir=index_dir,
-                           token=options.get("token", [""])[0], db_name=options.get("db", [""])[0])
+        # unquote, not unquote_plus: a '+' in a token is a '+'
+        options = dict((key, unquote(value)) for key, _, value in (p.partition("=") for p in parts.query.split("&")))
+        return MilvusStore(parts._replace(query="").geturl(), lock_dir=index_dir, token=options.get("token", ""),
+                           db_name=options.get("db", ""))
     raise ValueError(f"vector store {url!r}: expected faiss, milvus-lite:PATH.db, or http://HOST:19530 (Milvus)")

@@ -40,7 +40,9 @@ function captionItem(hit) {
   const thumbs = images.slice(0, 4).map((image) => `<button type="button" class="use thumb" data-id="${image.id}"
     title="use this image as the query"><img src="${image.thumbnail_url}" alt="image ${image.id}" width="64" height="64"></button>`).join("");
   const count = hit.count > 1 ? ` <span class="count" title="${hit.count} captions with this text">×${hit.count}</span>` : "";
-  return `<li><span class="thumbs">${thumbs}</span><span class="text">${escapeHtml(hit.text)}</span>${count} ${score(hit)}</li>`;
+  const made = hit.source === "generated"
+    ? ` <span class="source" title="written by the model, not a person">generated</span>` : "";
+  return `<li><span class="thumbs">${thumbs}</span><span class="text">${escapeHtml(hit.text)}</span>${made}${count} ${score(hit)}</li>`;
 }
 
 // GXN encoders also generate: a caption for the query image, an image for the query text.

@@ -64,3 +64,7 @@ def test_live_index_reloads_new_versions_without_failed_searches(gallery, encode
     FaissFileStore(tmp_path / "idx").switch("live", 3)
     assert live.reload_if_changed() is False and live.current.number == 2
     assert live.current.search("caption", query, 3)[1].shape == (1, 3)
+    # Not retried on every request, but a repaired version is loaded on the next retry.
+    (broken.parent / "v000003" / "images.faiss").write_bytes((broken / "images.faiss").read_bytes())
+    assert live.reload_if_changed() is False and live.current.number == 2
+    assert live.reload_if_changed(wait=True) is True and live.current.number == 3

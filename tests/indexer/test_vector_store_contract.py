@@ -142,6 +142,8 @@ def test_old_versions_are_removed_and_the_current_one_never(store):
     assert store.versions("gallery") == [1, 2, 3, 4]
     with pytest.raises(ValueError, match="is current"):
         store.discard("gallery", 4)
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        store.remove_old_versions("gallery", keep=0)
     assert store.remove_old_versions("gallery", keep=2) == [1, 2]
     assert store.versions("gallery") == [3, 4] and store.current("gallery").number == 4
     store.switch("gallery", 3)  # back to the previous version: it is still complete
@@ -201,6 +203,27 @@ def test_no_query_fails_while_versions_switch(store):
     assert not failures and live.current.number == 4 and len(served_versions) >= 2
 
 
+def test_a_version_staged_but_never_committed_is_removed_by_the_next_build(store, gallery: Path, encoder_checkpoint,
+                                                                           sessions, tmp_path):
+    """kill -9 between staging and the catalogue's commit leaves a complete version that no
+    catalogue row accepts: it must not count as a version to keep, nor ever become current."""
+    options = BuildOptions(progress=False, workers=0)
+    build = lambda: build_index(gallery=str(gallery), encoder_spec=str(encoder_checkpoint),  # noqa: E731
+                                name="gallery", index_dir=tmp_path / "idx", sessions=sessions, options=options,
+                                vector_store=store, full=True)
+    assert build().version == 1
+    store.stage("gallery", 2, store.read_arrays(store.current("gallery")), store.current("gallery").manifest, EXACT)
+    assert store.versions("gallery") == [1, 2]
+    assert build().version == 2 and store.versions("gallery") == [1, 2]  # the orphan went; a real 2 took its place
+    with sessions() as session:
+        from sqlalchemy import select
+
+        from indexer.catalogue import IndexVersion
+
+        assert dict(session.execute(select(IndexVersion.version, IndexVersion.status)).all()) == {
+            1: "superseded", 2: "active"}
+
+
 def test_an_incremental_rebuild_reuses_vectors_in_either_store(store, gallery: Path, encoder_checkpoint, sessions,
                                                                tmp_path):
     options = BuildOptions(progress=False, workers=0)
@@ -237,6 +260,8 @@ def test_store_urls_and_their_errors(tmp_path):
     with pytest.raises(ValueError, match="index name 'a/b'"):
         open_vector_store(None, tmp_path).current("a/b")
     pytest.importorskip("pymilvus", reason="the Milvus store needs pymilvus and milvus-lite (imgsearch[milvus])")
+    with pytest.raises(ValueError, match="a milvus-lite file must end in .db"):
+        open_vector_store("milvus-lite:vectors", tmp_path)
     with pytest.raises(VectorStoreError, match="cannot reach Milvus at http://127.0.0.1:1:"):
         open_vector_store("http://127.0.0.1:1?token=secret", tmp_path)  # the token is not echoed
     assert open_vector_store(f"milvus-lite:{tmp_path / 'v.db'}", tmp_path).location == str(tmp_path / "v.db")
