@@ -151,14 +151,19 @@ def indexing_throughput(checkpoint: Path, workdir: Path) -> dict:
             "total_seconds": round(report.seconds, 1), "skipped": len(report.skipped)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_vector_options(parser: argparse.ArgumentParser, queries: int) -> None:
+    """The synthetic collections' options, shared with the store bench."""
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--clusters", type=int, default=4000)
     parser.add_argument("--intrinsic", type=int, default=12)
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--queries", type=int, default=queries)
     parser.add_argument("--target", type=float, default=0.95)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_vector_options(parser, queries=1000)
     parser.add_argument("--kinds", default="flat,hnsw,ivfpq")
     parser.add_argument("--flickr8k", type=Path, help="a trained checkpoint: also bench its Flickr8k embeddings")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "index_bench.json")

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.index_bench import structured_vectors  # noqa: E402
+from bench.index_bench import add_vector_options, structured_vectors  # noqa: E402
 from indexer.recall_tuning import exact_search, recall_at_k  # noqa: E402
 from indexer.vector_store import IndexSettings, VectorStore, open_vector_store  # noqa: E402
 
@@ -94,12 +94,7 @@ def remove_from_server(store) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--clusters", type=int, default=4000)
-    parser.add_argument("--intrinsic", type=int, default=12)
-    parser.add_argument("--queries", type=int, default=500)
-    parser.add_argument("--target", type=float, default=0.95)
+    add_vector_options(parser, queries=500)
     parser.add_argument("--stores", default="faiss,milvus-lite")
     parser.add_argument("--milvus", help="a Milvus server URL (http://HOST:19530) used instead of milvus-lite")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "store_bench.json")

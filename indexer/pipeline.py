@@ -8,7 +8,7 @@ errors and are reported, never raised.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,22 @@ def _collate(items):
     return items  # keep per-item errors; stacking happens after bad items are dropped
 
 
+def _decoded_batches(paths: Sequence[Path], size: int, batch_size: int, workers: int, report: SkipReport,
+                     bar: tqdm) -> Iterator[list[tuple]]:
+    """Batches of (position, uint8 pixels, width, height) decoded in worker processes; a file that
+    cannot be decoded goes to `report` instead. The bar advances by every file read."""
+    loader = DataLoader(_ImageFiles(paths, size), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, persistent_workers=False)
+    for batch in loader:
+        for index, _, _, _, error in batch:
+            if error is not None:
+                report.add(paths[index], error)
+        good = [item[:4] for item in batch if item[4] is None]
+        if good:
+            yield good
+        bar.update(len(batch))
+
+
 @dataclass
 class EncodedImages:
     vectors: np.ndarray          # (n_ok, D) float32, L2-normalised
@@ -60,20 +76,12 @@ def encode_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: int 
     """Encode image files in batches; bad files are skipped and listed in the report."""
     started = time.perf_counter()
     report, kept, sizes, parts = SkipReport(), [], [], []
-    loader = DataLoader(_ImageFiles(paths, encoder.image_size), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, persistent_workers=False)
     bar = tqdm(total=len(paths), desc="encode images", unit="img", disable=not progress)
     encoder.eval()
-    for batch in loader:
-        good = [item for item in batch if item[4] is None]
-        for index, _, _, _, error in batch:
-            if error is not None:
-                report.add(paths[index], error)
-        if good:
-            parts.append(encoder.encode_image(torch.stack([item[1] for item in good])).cpu().numpy())
-            kept += [item[0] for item in good]
-            sizes += [(item[2], item[3]) for item in good]
-        bar.update(len(batch))
+    for good in _decoded_batches(paths, encoder.image_size, batch_size, workers, report, bar):
+        parts.append(encoder.encode_image(torch.stack([item[1] for item in good])).cpu().numpy())
+        kept += [item[0] for item in good]
+        sizes += [(item[2], item[3]) for item in good]
         bar.set_postfix(img_s=f"{len(kept) / max(time.perf_counter() - started, 1e-9):.0f}", skipped=len(report))
     bar.close()
     vectors = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, encoder.embed_dim), np.float32)
@@ -97,19 +105,11 @@ def describe_image_files(encoder: Encoder, paths: Sequence[Path], batch_size: in
     bad files are skipped and listed in the report."""
     started = time.perf_counter()
     report, captions = SkipReport(), {}
-    loader = DataLoader(_ImageFiles(paths, encoder.image_size), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, persistent_workers=False)
     bar = tqdm(total=len(paths), desc="describe images", unit="img", disable=not progress)
     encoder.eval()
-    for batch in loader:
-        good = [item for item in batch if item[4] is None]
-        for index, _, _, _, error in batch:
-            if error is not None:
-                report.add(paths[index], error)
-        if good:
-            texts = encoder.describe(torch.stack([item[1] for item in good]))
-            captions.update({item[0]: text for item, text in zip(good, texts, strict=True)})
-        bar.update(len(batch))
+    for good in _decoded_batches(paths, encoder.image_size, batch_size, workers, report, bar):
+        texts = encoder.describe(torch.stack([item[1] for item in good]))
+        captions.update({item[0]: text for item, text in zip(good, texts, strict=True)})
         bar.set_postfix(img_s=f"{len(captions) / max(time.perf_counter() - started, 1e-9):.1f}")
     bar.close()
     return DescribedImages(captions, report, time.perf_counter() - started)
