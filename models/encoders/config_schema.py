@@ -39,7 +39,8 @@ StagesSection = _section("StagesSection", stage1_epochs=Int, stage1_backbone=Tex
 CaptionSection = _section("CaptionSection", attention_dim=Int, beam_width=Int, hidden_dim=Int, max_length=Int,
                           regions_from=Text, scst_from_epoch=Int, scst_weight=Real, weight=Real, word_dim=Int)  # GXN
 ImagineSection = _section("ImagineSection", condition_dim=Int, discriminator_lr=Real, discriminator_width=Int,
-                          generator_width=Int, image_size=Int, kl_weight=Real, noise_dim=Int, weight=Real)  # GXN
+                          generator_width=Int, image_size=Int, kl_weight=Real, noise_dim=Int, weight=Real,
+                          reconstruction_weight=Real)  # GXN
 ScheduleSection = _section("ScheduleSection", warmup_epochs=Int)                                   # GXN
 
 

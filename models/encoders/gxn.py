@@ -142,6 +142,9 @@ class GXN(Encoder):
                                       max_length=caption.get("max_length", 20)) if self.caption_weight else None
         self.imagine_weight = float(imagine.get("weight", 1.0))
         self.kl_weight = float(imagine.get("kl_weight", 1.0))
+        # L1 between the imagined image and the real image of the caption: a conditional regression
+        # that the discriminator alone did not give (its generator drew one picture for every text).
+        self.reconstruction_weight = float(imagine.get("reconstruction_weight", 0.0))
         self.imagined_size = int(imagine.get("image_size", 64))
         if self.imagine_weight:
             condition = int(imagine.get("condition_dim", 128))
@@ -295,10 +298,15 @@ class GXN(Encoder):
             # discriminator by moving the text instead of shaping the picture. The discriminator
             # is frozen here: this step trains the generator, not it.
             self.discriminator.requires_grad_(False)
-            fooled = generator_loss(self.discriminator, self.generator(condition), l2_normalize(text_low).detach())
+            imagined = self.generator(condition)
+            fooled = generator_loss(self.discriminator, imagined, l2_normalize(text_low).detach())
             self.discriminator.requires_grad_(True)
             terms.update(generator=fooled.detach(), kl=kl.detach())
             total = total + self.imagine_weight * (fooled + self.kl_weight * kl)
+            if self.reconstruction_weight:
+                reconstruction = F.l1_loss(imagined, self._gan_pixels(pixels))
+                terms["reconstruction"] = reconstruction.detach()
+                total = total + self.imagine_weight * self.reconstruction_weight * reconstruction
         return {"loss": total, **terms}
 
     def _self_critical(self, epoch: int) -> bool:
