@@ -29,6 +29,32 @@ from models.data import load_records  # noqa: E402
 FLICKR8K = ROOT.parent / "shared" / "data" / "flickr8k"
 
 
+def draw_examples(examples: list[dict], files: dict[str, Path], out: Path) -> None:
+    """Each photo with its generated caption (bold) and the first of its human ones."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    figure, axes = plt.subplots(2, (len(examples) + 1) // 2, figsize=(3.2 * ((len(examples) + 1) // 2), 8.4))
+    for axis, example in zip(axes.flat, examples, strict=False):
+        axis.imshow(Image.open(files[Path(example["image"]).name]).convert("RGB"))
+        axis.set_title("\n".join(textwrap.wrap(example["generated"], 30)), fontsize=9, fontweight="bold")
+        axis.set_xlabel("\n".join(textwrap.wrap("a person: " + example["human"], 36)), fontsize=7.5)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    for axis in list(axes.flat)[len(examples):]:
+        axis.axis("off")
+    figure.suptitle("generated at index time (bold) and a person's caption, which the index never saw")
+    figure.tight_layout()
+    figure.subplots_adjust(top=0.88, bottom=0.07, hspace=0.5)  # room for the captions above and below
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path,
@@ -62,6 +88,8 @@ def main() -> None:
                 CaptionRow.source == "generated").order_by(ImageRow.path)).all()
     examples = [{"image": path, "generated": text, "human": human[Path(path).name][0]}
                 for path, text in rows[:args.examples]]
+    grid = args.out.with_name(args.out.stem + "_examples.png")
+    draw_examples(examples, {Path(r.path).name: r.path for r in val}, grid)
     result = {"checkpoint": str(args.checkpoint), "images": len(val), "cpu_count": os.cpu_count(),
               "described": first.described_images, "describe_images_per_second": round(
                   first.describe_images_per_second, 1), "first_build_s": round(first_s, 1),
@@ -77,7 +105,7 @@ def main() -> None:
         print(f"  {example['image']}: {example['generated']!r}   (a person: {example['human']!r})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out} and {grid}")
 
 
 if __name__ == "__main__":
