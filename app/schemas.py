@@ -78,14 +78,6 @@ class SearchResponse(BaseModel):
                                                              "(GXN): a PNG of what it imagined for the query text")
 
 
-class TextQuery(BaseModel):
-    text: str
-    k: int = Field(10, ge=1, le=MAX_K)
-    offset: int = Field(0, ge=0, le=MAX_OFFSET)
-    min_score: float | None = Field(None, ge=-1, le=1)
-    index: str | None = None
-
-
 class Term(BaseModel):
     """One term of a query: a text, a gallery image id, or the i-th uploaded file; with a weight
     (negative to subtract)."""
