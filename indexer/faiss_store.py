@@ -149,33 +149,11 @@ class FaissVersion(SearchableVersion):
             self._vector_files[modality] = np.load(self.directory / f"{modality}_vectors.npy", mmap_mode="r")
         return self._vector_files[modality]
 
-    def image_vectors(self, image_ids: np.ndarray) -> np.ndarray:
-        positions = self._positions("image")
-        try:
-            rows = [positions[int(i)] for i in image_ids]
-        except KeyError as error:
-            raise KeyError(f"image {error.args[0]} is not in version {self.number}") from None
-        return np.asarray(self._vectors("image")[rows])
-
-    def search(self, modality: str, queries: np.ndarray, k: int, among: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if among is not None:
-            return self._search_among(modality, queries, k, among)
-        index, ids = self.indexes[modality], self.ids[modality]
-        k = max(0, min(k, index.ntotal))
-        if k == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        scores, rows = index.search(queries, k)
-        return scores, np.where(rows >= 0, ids[np.clip(rows, 0, None)], -1)
-
-    def _search_among(self, modality: str, queries: np.ndarray, k: int, among: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search over a subset: its vectors are read from the mapped file, so the cost is
-        the subset's size, not the index's, and no approximation is involved."""
+    def vectors_of(self, modality: str, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         positions = self._positions(modality)
-        rows = np.asarray(sorted({positions[int(i)] for i in among if int(i) in positions}), dtype=np.int64)
-        if k <= 0 or len(rows) == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        scores, found = faiss_index.exact_search(np.asarray(self._vectors(modality)[rows]), queries, k)
-        return scores, self.ids[modality][rows][found]
+        held = [i for i in ids if i in positions]
+        return np.asarray(held, np.int64), np.asarray(self._vectors(modality)[[positions[i] for i in held]])
+
+    def _search_index(self, modality: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, rows = self.indexes[modality].search(queries, k)
+        return scores, np.where(rows >= 0, self.ids[modality][np.clip(rows, 0, None)], -1)

@@ -68,4 +68,5 @@ def choose_index(n: int, dim: int, memory_budget: int | None = None, kind: str =
     # Exact re-ranking keeps the full vectors in RAM beside the codes; not offered on GPU, where the
     # refine wrapper cannot be cloned to the device.
     refine = not gpu and estimated_bytes("ivfpq", n, dim, refine=True) <= budget
-    return IndexChoice("ivfpq", f"IVF{nlist},PQ{sub}x8", refine=refine, params={"nprobe": 16})
+    return IndexChoice("ivfpq", f"IVF{nlist},PQ{sub}x8", refine=refine,
+                       params={"nprobe": 16, "nlist": nlist, "pq_m": sub})

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
 
-from indexer.index_choice import IndexChoice, choose_index
+from indexer.index_choice import HNSW_M, IndexChoice, choose_index
 from indexer.recall_tuning import exact_search, query_sample, recall_at_k, tune_parameter
 from indexer.vector_store import (
     ARRAY_KEYS,
@@ -252,7 +252,7 @@ class MilvusStore(VectorStore):
             others = [row[row != mine][:k] for row, mine in zip(found, own[:, 0], strict=True)]
             return recall_at_k(np.stack([np.pad(o, (0, k - len(o)), constant_values=-1) for o in others]), truth)
 
-        value, recall = tune_parameter(recall_with, 4096 if param == "ef" else _nlist(choice), recall_target)
+        value, recall = tune_parameter(recall_with, 4096 if param == "ef" else choice.params["nlist"], recall_target)
         return param, value, recall
 
     def _scan(self, collection: str, dim: int, with_vectors: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -283,15 +283,10 @@ def _milvus_index(choice: IndexChoice, lite: bool) -> tuple[str, dict]:
     if choice.kind == "flat":
         return "FLAT", {}
     if choice.kind == "hnsw":
-        return "HNSW", {"M": 32, "efConstruction": choice.params.get("efConstruction", 40)}
+        return "HNSW", {"M": HNSW_M, "efConstruction": choice.params.get("efConstruction", 40)}
     if lite:
-        return "IVF_SQ8", {"nlist": _nlist(choice)}
-    sub = int(re.search(r"PQ(\d+)", choice.factory).group(1))
-    return "IVF_PQ", {"nlist": _nlist(choice), "m": sub, "nbits": 8}
-
-
-def _nlist(choice: IndexChoice) -> int:
-    return int(re.search(r"IVF(\d+)", choice.factory).group(1))
+        return "IVF_SQ8", {"nlist": choice.params["nlist"]}
+    return "IVF_PQ", {"nlist": choice.params["nlist"], "m": choice.params["pq_m"], "nbits": 8}
 
 
 def _search(client: MilvusClient, collection: str, queries: np.ndarray, k: int, param: str | None,
@@ -318,54 +313,28 @@ class MilvusVersion(SearchableVersion):
     def _collection(self, modality: str) -> str:
         return version_collection(self.version.name, self.number, modality)
 
-    def search(self, modality: str, queries: np.ndarray, k: int, among: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        queries = np.asarray(queries, np.float32)
-        if among is not None:
-            return self._search_among(modality, queries, k, among)
+    def _search_index(self, modality: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         described = self.manifest[f"{modality}_index"]
-        k = max(0, min(k, described["count"], MAX_TOP_K))
-        if k == 0 or len(queries) == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        return _search(self.client, self._collection(modality), queries, k, described.get("search_param"),
-                       described.get("search_value"))
+        return _search(self.client, self._collection(modality), queries, min(k, MAX_TOP_K),
+                       described.get("search_param"), described.get("search_value"))
 
-    def _search_among(self, modality: str, queries: np.ndarray, k: int, among: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search over a subset, from its fetched vectors (as the faiss store does): Milvus's
-        filtered graph search can miss a small subset entirely."""
-        ids, vectors = self._fetch(modality, sorted({int(i) for i in among}))
-        if k <= 0 or len(ids) == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        scores, found = exact_search(vectors, queries, k)
-        return scores, ids[found]
-
-    def _fetch(self, modality: str, wanted: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of those of `wanted` this version holds, in the order asked."""
+    def vectors_of(self, modality: str, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
         found = {}
-        for start in range(0, len(wanted), 10_000):  # one request per 10k ids: requests have a size limit
-            rows = self.client.get(self._collection(modality), ids=wanted[start:start + 10_000],
+        for start in range(0, len(ids), 10_000):  # one request per 10k ids: requests have a size limit
+            rows = self.client.get(self._collection(modality), ids=ids[start:start + 10_000],
                                    output_fields=["vector"])
             found.update({int(r["id"]): r["vector"] for r in rows})
-        ids = [i for i in wanted if i in found]
-        return np.asarray(ids, np.int64), np.asarray([found[i] for i in ids], np.float32).reshape(
-            len(ids), self.manifest["embed_dim"])
-
-    def image_vectors(self, image_ids: np.ndarray) -> np.ndarray:
-        wanted = [int(i) for i in image_ids]
-        ids, vectors = self._fetch("image", wanted)
-        if len(ids) < len(set(wanted)):
-            missing = sorted(set(wanted) - set(ids.tolist()))
-            raise KeyError(f"image {missing[0]} is not in version {self.number}")
-        position = {int(i): p for p, i in enumerate(ids)}
-        return vectors[[position[i] for i in wanted]]
+        held = [i for i in ids if i in found]
+        return np.asarray(held, np.int64), np.asarray([found[i] for i in held], np.float32).reshape(
+            len(held), self.manifest["embed_dim"])
 
 
 def _connect(uri: str, token: str, db_name: str) -> MilvusClient:
     # milvus-lite logs a failed start (a file another process holds) with a traceback before
     # pymilvus raises; the error below says it in one line instead.
     lite_log = logging.getLogger("milvus_lite.server_manager")
-    level, lite_log.level = lite_log.level, logging.CRITICAL
+    level = lite_log.level
+    lite_log.setLevel(logging.CRITICAL)
     try:
         return MilvusClient(uri=uri, token=token, db_name=db_name)
     except MilvusException as error:

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from indexer.calibration import Calibration
+from indexer.recall_tuning import exact_search
 
 MODALITIES = ("image", "caption")
 # What a version holds: per modality the catalogue row ids and their vectors (row i of the vectors
@@ -82,15 +83,40 @@ class SearchableVersion(ABC):
         """Maps this version's scores to relevance (None for a gallery without captions)."""
         return Calibration.from_manifest(self.manifest)
 
-    @abstractmethod
     def search(self, modality: str, queries: np.ndarray, k: int, among: np.ndarray | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, catalogue row ids), each (queries x k'), best first, of the top k per query;
-        k' = min(k, size) and -1 ids pad short lists. `among` restricts the hits to those row ids."""
+        k' = min(k, size) and -1 ids pad short lists. `among` restricts the hits to those row ids,
+        searched exactly from their stored vectors (the cost is the subset's size, and a store's
+        filtered graph search cannot miss a small subset)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if among is not None:
+            ids, vectors = self.vectors_of(modality, sorted({int(i) for i in among}))
+            if k <= 0 or len(ids) == 0:
+                return no_hits(len(queries))
+            scores, found = exact_search(vectors, queries, k)
+            return scores, ids[found]
+        k = max(0, min(k, self.manifest[f"{modality}_index"]["count"]))
+        if k == 0 or len(queries) == 0:
+            return no_hits(len(queries))
+        return self._search_index(modality, queries, k)
 
     @abstractmethod
+    def _search_index(self, modality: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`search` through the version's index, for 1 <= k <= its size and float32 queries."""
+
+    @abstractmethod
+    def vectors_of(self, modality: str, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those of `ids` this version holds, in the order asked."""
+
     def image_vectors(self, image_ids: np.ndarray) -> np.ndarray:
         """The stored (normalised) vectors of these images, in order; KeyError names a missing one."""
+        wanted = [int(i) for i in image_ids]
+        ids, vectors = self.vectors_of("image", wanted)
+        if len(ids) < len(wanted):
+            held = set(ids.tolist())
+            raise KeyError(f"image {next(i for i in wanted if i not in held)} is not in version {self.number}")
+        return vectors
 
     def image_vector(self, image_id: int) -> np.ndarray | None:
         """One image's stored vector, or None if this version lacks it."""
@@ -98,6 +124,11 @@ class SearchableVersion(ABC):
             return self.image_vectors(np.asarray([image_id]))[0]
         except KeyError:
             return None
+
+
+def no_hits(queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """An empty answer for each of `queries` queries."""
+    return np.zeros((queries, 0), np.float32), np.zeros((queries, 0), np.int64)
 
 
 class VectorStore(ABC):
