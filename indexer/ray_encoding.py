@@ -55,11 +55,12 @@ def encode_image_files_on_ray(encoder_spec: str, checkpoint_hash: str, paths: Se
     started = time.perf_counter()
     connect(address)
     ray.data.DataContext.get_current().enable_progress_bars = progress
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if device.startswith("cuda") else 0
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if device.startswith("cuda") else 0
     if gpus and actors and actors > gpus:  # each actor holds a GPU: the surplus would wait forever
         raise ValueError(f"{actors} encoder actors asked for, but the Ray cluster has {gpus} GPU(s)")
     actors = actors or gpus or max(1, len([n for n in ray.nodes() if n.get("Alive")]))
-    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
+    threads = max(1, int(resources.get("CPU", 1)) // actors)
     items = [{"position": i, "path": str(path)} for i, path in enumerate(paths)]
     # Actors and decode tasks each reserve half a CPU, so that a node's encoder never leaves its
     # decoders unscheduled (Ray Data would then wait forever); the encoder still uses every core
