@@ -12,9 +12,13 @@ On the synthetic scenes, where the truth is known, two more checks:
 - captions: of the "colour shape" pairs the generated captions name, the share that are in the
   scene (precision; also for the colour and the shape alone), and the share of the scene's objects
   they name (recall);
-- imagined images: for scenes with one object, a nearest-palette colour classifier (each pixel to
-  the closest scene colour; the object colour with most pixels wins) on the imagined image versus
-  the caption's colour; the same classifier on the real images gives its ceiling, chance is 1/10.
+- imagined images: for val scenes with one object, the picture imagined from its first caption is
+  judged by a nearest-palette colour rule (each pixel to the closest scene colour; the object colour
+  with most pixels wins) and by a small CNN trained here on the real one-object training scenes
+  (colour and shape heads); the same judges on the real val scenes give the ceiling. Chance is 1/10
+  for colour, 1/7 for shape.
+R-precision (AttnGAN's, under the GXN's own embedding, among 100 captions) of the imagined images,
+of the real images, and of a generator that ignores its text (`r_precision`).
 Writes a table to stdout, JSON (default bench/results/gxn_generation_RUN.json) and the grid PNG.
 """
 
@@ -103,16 +107,118 @@ def classify_colour(image: np.ndarray) -> str:
     return list(COLOURS)[int(counts.argmax())]
 
 
-def synthetic_imagine_check(encoder, split) -> dict:
-    single = [(i, r) for i, r in enumerate(split.records) if len(r.attributes.get("objects", [])) == 1]
-    colours = [r.attributes["objects"][0]["colour"] for _, r in single]
-    captions = [r.captions[0] for _, r in single]
-    imagined = torch.cat([encoder.imagine(captions[s:s + 256]) for s in range(0, len(captions), 256)]).numpy()
-    real = split.pixels[[i for i, _ in single]].numpy()
-    imagined_right = sum(classify_colour(x) == c for x, c in zip(imagined, colours, strict=True))
-    real_right = sum(classify_colour(x) == c for x, c in zip(real, colours, strict=True))
-    return {"single_object_scenes": len(single), "imagined_colour_accuracy": imagined_right / max(1, len(single)),
-            "real_colour_accuracy": real_right / max(1, len(single)), "chance": 1 / len(COLOURS)}
+class SceneClassifier(torch.nn.Module):
+    """A small CNN with two heads, colour and shape, for single-object scenes at the imagined size."""
+
+    def __init__(self):
+        super().__init__()
+        def block(i: int, o: int) -> torch.nn.Sequential:
+            return torch.nn.Sequential(torch.nn.Conv2d(i, o, 3, padding=1), torch.nn.BatchNorm2d(o),
+                                       torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+        self.body = torch.nn.Sequential(block(3, 32), block(32, 64), block(64, 128),
+                                        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+        self.colour, self.shape = torch.nn.Linear(128, len(COLOURS)), torch.nn.Linear(128, len(SHAPES))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(pixels.float() / 127.5 - 1)
+        return self.colour(features), self.shape(features)
+
+
+def single_object_labels(split) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(indices of the split's one-object scenes, their colour labels, their shape labels)."""
+    chosen = [i for i, r in enumerate(split.records) if len(r.attributes.get("objects", [])) == 1]
+    objects = [split.records[i].attributes["objects"][0] for i in chosen]
+    return (chosen, torch.tensor([list(COLOURS).index(o["colour"]) for o in objects]),
+            torch.tensor([SHAPES.index(o["shape"]) for o in objects]))
+
+
+def train_scene_classifier(train, epochs: int = 40) -> SceneClassifier:
+    """Trained on the real one-object training scenes (at the imagined size), seeded."""
+    torch.manual_seed(0)
+    chosen, colours, shapes = single_object_labels(train)
+    pixels = train.pixels[chosen]
+    model = SceneClassifier()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(chosen)).split(64):
+            colour, shape = model(pixels[batch])
+            loss = torch.nn.functional.cross_entropy(colour, colours[batch]) + \
+                torch.nn.functional.cross_entropy(shape, shapes[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def classifier_accuracy(model: SceneClassifier, pixels: torch.Tensor, colours: torch.Tensor,
+                        shapes: torch.Tensor) -> dict:
+    colour, shape = model(pixels)
+    return {"colour": float((colour.argmax(1) == colours).float().mean()),
+            "shape": float((shape.argmax(1) == shapes).float().mean())}
+
+
+def synthetic_imagine_check(encoder, split, train) -> dict:
+    """Imagined one-object scenes (one per val scene, from its first caption), judged by two
+    classifiers: the nearest-palette colour rule, and a CNN trained on the real training scenes
+    (colour and shape). The same judges on the real val scenes give the ceiling."""
+    chosen, colours, shapes = single_object_labels(split)
+    captions = [split.records[i].captions[0] for i in chosen]
+    imagined = torch.cat([encoder.imagine(captions[s:s + 256]) for s in range(0, len(captions), 256)])
+    real = split.pixels[chosen]
+    if real.shape[-1] != imagined.shape[-1]:
+        real = torch.nn.functional.interpolate(real.float(), size=imagined.shape[-2:], mode="bilinear",
+                                               antialias=True, align_corners=False).round().to(torch.uint8)
+    names = [list(COLOURS)[c] for c in colours.tolist()]
+    palette = {label: sum(classify_colour(x) == c for x, c in zip(images.numpy(), names, strict=True)) / len(chosen)
+               for label, images in (("imagined", imagined), ("real", real))}
+    classifier = train_scene_classifier(train)
+    return {"single_object_scenes": len(chosen), "chance_colour": 1 / len(COLOURS), "chance_shape": 1 / len(SHAPES),
+            "palette_colour": palette,
+            "trained_classifier": {"imagined": classifier_accuracy(classifier, imagined, colours, shapes),
+                                   "real": classifier_accuracy(classifier, real, colours, shapes)},
+            "distinct_pictures": distinct_pictures(imagined)}
+
+
+def distinct_pictures(images: torch.Tensor) -> float:
+    """Mean absolute pixel difference (0-255) between imagined pictures of different captions:
+    near 0 means one picture for every text."""
+    flat = images.flatten(1).float()
+    return float(torch.cdist(flat[:200], flat[:200], p=1).mean() / flat.shape[1])
+
+
+def encode_images(encoder, pixels: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    return torch.cat([encoder.encode_image(pixels[s:s + batch_size]) for s in range(0, len(pixels), batch_size)])
+
+
+def r_precision(encoder, split, candidates: int = 100, seed: int = 0) -> dict:
+    """AttnGAN's R-precision under the retrieval model itself: for each image, its caption (the
+    first) and candidates - 1 captions of other images are ranked by the encoder's similarity to the
+    image; the share of images whose own caption comes first. Measured on the images imagined from
+    each caption, on the real images at the imagined size (the ceiling at that resolution), and on
+    images imagined from another image's caption: a generator that ignores its text (chance,
+    1/candidates, is what it should score)."""
+    captions = [r.captions[0] for r in split.records]
+    count = len(captions)
+    texts = torch.cat([encoder.encode_text(captions[s:s + 256]) for s in range(0, count, 256)])
+    imagined = torch.cat([encoder.imagine(captions[s:s + 256]) for s in range(0, count, 256)])
+    size = imagined.shape[-1]
+    small_real = torch.cat([torch.nn.functional.interpolate(split.pixels[s:s + 256].float(), size=(size, size),
+                                                            mode="bilinear", antialias=True, align_corners=False)
+                            for s in range(0, count, 256)]).round().clamp(0, 255).to(torch.uint8)
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(count, generator=generator)
+    others = torch.stack([torch.randperm(count - 1, generator=generator)[: candidates - 1] for _ in range(count)])
+    others = others + (others >= torch.arange(count)[:, None]).long()  # skip the image's own index
+    sets = torch.cat([torch.arange(count)[:, None], others], dim=1)  # column 0: the true caption
+
+    def first_share(images: torch.Tensor) -> float:
+        scores = (encode_images(encoder, images)[:, None, :] * texts[sets]).sum(-1)
+        return float((scores.argmax(dim=1) == 0).float().mean())
+
+    return {"candidates": candidates, "imagined": first_share(imagined), "real_full_size": first_share(split.pixels),
+            f"real_at_{size}px": first_share(small_real), "text_ignored": first_share(imagined[shuffled]),
+            "chance": 1 / candidates}
 
 
 @torch.no_grad()
@@ -174,17 +280,19 @@ def main() -> None:
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split)}
     result["captions"], beam_captions = caption_quality(encoder, split, args.beam)
     result["condition"] = condition_spread(encoder, split)
+    result["r_precision"] = r_precision(encoder, split)
     result["serving_ms"] = serving_latency(encoder, split)
     if split.records[0].attributes.get("objects"):
         result["synthetic_captions"] = synthetic_caption_check(beam_captions, split)
-        result["synthetic_imagined"] = synthetic_imagine_check(encoder, split)
+        train = decode_split(load_records(args.data), "train", encoder.imagined_size, progress=False)
+        result["synthetic_imagined"] = synthetic_imagine_check(encoder, split, train)
     grid = args.grid or ROOT / "bench" / "results" / f"gxn_imagined_{run}.png"
     result["grid"], result["grid_captions"] = str(grid), imagined_grid(encoder, split, grid)
     print(f"{run} on {args.split} ({len(split)} images)")
     print(f"{'decoding':<10}{'BLEU-4':>8}{'CIDEr-D':>9}{'ms/img':>8}")
     for label, q in result["captions"].items():
         print(f"{label:<10}{q['bleu4']:>8.3f}{q['cider_d']:>9.3f}{q['ms_per_image']:>8.1f}")
-    for key in ("serving_ms", "condition", "synthetic_captions", "synthetic_imagined"):
+    for key in ("serving_ms", "condition", "r_precision", "synthetic_captions", "synthetic_imagined"):
         if key in result:
             print(key, {k: round(v, 3) if isinstance(v, float) else v for k, v in result[key].items()})
     out = args.out or ROOT / "bench" / "results" / f"gxn_generation_{run}.json"

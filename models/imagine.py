@@ -74,12 +74,20 @@ class Generator(nn.Module):
 
 
 class MatchingDiscriminator(nn.Module):
-    """Image features, joined at 4x4 with the text feature (compressed by the discriminator's own
-    layer, as in StackGAN), -> one logit: 'real and matching'. It reads the text feature itself,
-    not the generator's condition: that condition is pulled towards N(0, I) by the KL term, and a
-    discriminator reading it could not tell texts apart before the generator had learnt to."""
+    """Image features at 4x4 feed two heads.
 
-    def __init__(self, text_dim: int, condition_dim: int, width: int = 32, image_size: int = 64):
+    - A logit, 'real and matching': the features joined with the text feature (compressed by the
+      discriminator's own layer, as in StackGAN). It reads the text feature itself, not the
+      generator's condition: that condition is pulled towards N(0, I) by the KL term, and a
+      discriminator reading it could not tell texts apart before the generator had learnt to.
+    - A matching embedding of the image and one of the text (unit vectors), trained contrastively
+      on real pairs (XMC-GAN's image-sentence term). The matching-aware logit alone gives the
+      generator one bit per image; the contrastive term tells it which of the batch's texts its
+      picture resembles, a gradient that names the colour and the shape it got wrong.
+    """
+
+    def __init__(self, text_dim: int, condition_dim: int, width: int = 32, image_size: int = 64,
+                 match_dim: int | None = None):
         super().__init__()
         steps = (image_size // 4).bit_length() - 1
         channels = [3] + [width * 2 ** min(i, 3) for i in range(steps)]
@@ -87,32 +95,70 @@ class MatchingDiscriminator(nn.Module):
         self.body = nn.Sequential(*[_down(channels[i], channels[i + 1]) for i in range(steps)])
         self.joint = nn.Sequential(nn.Conv2d(channels[-1] + condition_dim, channels[-1], 1), nn.LeakyReLU(0.2),
                                    nn.Conv2d(channels[-1], 1, 4))
+        # The matching heads exist only where the contrastive term is used (match_dim given).
+        self.match_image = nn.Linear(channels[-1] * 16, match_dim) if match_dim else None
+        self.match_text = nn.Linear(text_dim, match_dim) if match_dim else None
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        features = self.body(images)
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images)
+
+    def score(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """One logit per (image, text) pair: 'real and matching'."""
         condition = self.compress_text(text)
         tiled = condition[:, :, None, None].expand(-1, -1, *features.shape[-2:])
         return self.joint(torch.cat([features, tiled], dim=1)).flatten()
 
+    def matching(self, features: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image embeddings, text embeddings), unit length, for `contrastive_matching`."""
+        if self.match_image is None:
+            raise ValueError("this discriminator was built without matching heads (match_dim)")
+        return (F.normalize(self.match_image(features.flatten(1)), dim=1),
+                F.normalize(self.match_text(text), dim=1))
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.score(self.features(images), text)
+
+
+def contrastive_matching(images: torch.Tensor, texts: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE both ways over the batch: image i should be nearest text i among all the batch's
+    texts, and text i nearest image i.  -1/2N sum_i [log softmax_j(<v_i, t_j>/T)_i + log softmax_j(<t_i, v_j>/T)_i]"""
+    logits = images @ texts.t() / temperature
+    targets = torch.arange(len(images), device=images.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
 
 def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor, fake: torch.Tensor,
-                       text: torch.Tensor) -> dict[str, torch.Tensor]:
+                       text: torch.Tensor, match_weight: float = 0.0,
+                       temperature: float = 0.1) -> dict[str, torch.Tensor]:
     """The three pairings; the wrong text for image i is the batch's next one (a different caption
-    for a different image). `fake` is detached: this step trains the discriminator only."""
+    for a different image); with `match_weight`, the contrastive term on the real pairs too.
+    `fake` is detached: this step trains the discriminator only."""
     wrong = text.roll(1, dims=0)
-    real_right = discriminator(real, text)
+    real_features = discriminator.features(real)
+    real_right = discriminator.score(real_features, text)
     fake_right = discriminator(fake.detach(), text)
-    real_wrong = discriminator(real, wrong)
+    real_wrong = discriminator.score(real_features, wrong)
     bce = F.binary_cross_entropy_with_logits
     terms = {"real_right": bce(real_right, torch.ones_like(real_right)),
              "fake_right": bce(fake_right, torch.zeros_like(fake_right)),
              "real_wrong": bce(real_wrong, torch.zeros_like(real_wrong))}
     terms["loss"] = terms["real_right"] + (terms["fake_right"] + terms["real_wrong"]) / 2
+    if match_weight:
+        terms["real_matching"] = contrastive_matching(*discriminator.matching(real_features, text), temperature)
+        terms["loss"] = terms["loss"] + match_weight * terms["real_matching"]
     return terms
 
 
-def generator_loss(discriminator: MatchingDiscriminator, fake: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """Fool the discriminator on (generated image, right text); gradients reach whatever made `fake`
-    (and `text`, unless the caller detaches it, as GXN does)."""
-    scores = discriminator(fake, text)
-    return F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))
+def generator_loss(discriminator: MatchingDiscriminator, fake: torch.Tensor, text: torch.Tensor,
+                   match_weight: float = 0.0, temperature: float = 0.1) -> dict[str, torch.Tensor]:
+    """Fool the discriminator on (generated image, right text) and, with `match_weight`, make each
+    generated image the nearest, in the discriminator's matching space, to its own text. Gradients
+    reach whatever made `fake` (and `text`, unless the caller detaches it, as GXN does)."""
+    features = discriminator.features(fake)
+    scores = discriminator.score(features, text)
+    terms = {"fooled": F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))}
+    terms["loss"] = terms["fooled"]
+    if match_weight:
+        terms["fake_matching"] = contrastive_matching(*discriminator.matching(features, text), temperature)
+        terms["loss"] = terms["loss"] + match_weight * terms["fake_matching"]
+    return terms

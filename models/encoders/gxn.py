@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.caption_decoder import CaptionDecoder
+from models.caption_decoder import build_caption_decoder, stage_advantages
 from models.caption_metrics import CiderD, bleu, cider_d
 from models.data import BackboneFeatures, DecodedSplit
 from models.data.records import ImageRecord
@@ -136,15 +136,17 @@ class GXN(Encoder):
         self.scst_from_epoch = caption.get("scst_from_epoch")
         self.scst_weight = float(caption.get("scst_weight", 1.0))
         self.beam_width = int(caption.get("beam_width", 3))
-        self.decoder = CaptionDecoder(vocab, level, self.image_tower.region_dim,
-                                      word_dim=caption.get("word_dim", 256), hidden_dim=caption.get("hidden_dim", 512),
-                                      attention_dim=caption.get("attention_dim", 256),
-                                      max_length=caption.get("max_length", 20)) if self.caption_weight else None
+        self.decoder = build_caption_decoder(caption.get("decoder", "attention"), vocab, level,
+                                             self.image_tower.region_dim, caption) if self.caption_weight else None
         self.imagine_weight = float(imagine.get("weight", 1.0))
         self.kl_weight = float(imagine.get("kl_weight", 1.0))
         # L1 between the imagined image and the real image of the caption: a conditional regression
         # that the discriminator alone did not give (its generator drew one picture for every text).
         self.reconstruction_weight = float(imagine.get("reconstruction_weight", 0.0))
+        # The discriminator's contrastive image-text term (imagine.py): 0 leaves the matching-aware
+        # logit alone, which on its own drew one picture for every text.
+        self.match_weight = float(imagine.get("match_weight", 0.0))
+        self.match_temperature = float(imagine.get("match_temperature", 0.1))
         self.imagined_size = int(imagine.get("image_size", 64))
         if self.imagine_weight:
             condition = int(imagine.get("condition_dim", 128))
@@ -152,7 +154,8 @@ class GXN(Encoder):
             self.generator = Generator(condition, imagine.get("noise_dim", 64), imagine.get("generator_width", 64),
                                        self.imagined_size)
             self.discriminator = MatchingDiscriminator(level, condition, imagine.get("discriminator_width", 32),
-                                                       self.imagined_size)
+                                                       self.imagined_size,
+                                                       match_dim=condition if self.match_weight else None)
         self._cider: CiderD | None = None
         self._references: list[list[str]] = []
 
@@ -272,7 +275,8 @@ class GXN(Encoder):
         with torch.no_grad():
             text = self.text_low(captions)
             fake = self.generator(self.conditioning(text)[0])
-        return discriminator_loss(self.discriminator, self._gan_pixels(pixels), fake, l2_normalize(text))
+        return discriminator_loss(self.discriminator, self._gan_pixels(pixels), fake, l2_normalize(text),
+                                  self.match_weight, self.match_temperature)
 
     def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
                         image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -299,10 +303,13 @@ class GXN(Encoder):
             # is frozen here: this step trains the generator, not it.
             self.discriminator.requires_grad_(False)
             imagined = self.generator(condition)
-            fooled = generator_loss(self.discriminator, imagined, l2_normalize(text_low).detach())
+            adversarial = generator_loss(self.discriminator, imagined, l2_normalize(text_low).detach(),
+                                         self.match_weight, self.match_temperature)
             self.discriminator.requires_grad_(True)
-            terms.update(generator=fooled.detach(), kl=kl.detach())
-            total = total + self.imagine_weight * (fooled + self.kl_weight * kl)
+            terms.update(generator=adversarial["fooled"].detach(), kl=kl.detach())
+            if "fake_matching" in adversarial:
+                terms["imagined_matching"] = adversarial["fake_matching"].detach()
+            total = total + self.imagine_weight * (adversarial["loss"] + self.kl_weight * kl)
             if self.reconstruction_weight:
                 reconstruction = F.l1_loss(imagined, self._gan_pixels(pixels))
                 terms["reconstruction"] = reconstruction.detach()
@@ -314,19 +321,25 @@ class GXN(Encoder):
 
     def _self_critical_loss(self, features: torch.Tensor, regions: torch.Tensor,
                             image_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """REINFORCE with the greedy caption as baseline: -(CIDEr-D(sample) - CIDEr-D(greedy)) log p(sample)."""
+        """REINFORCE with each stage's greedy caption as its baseline (and, for Stack-Cap's fine
+        stages, the previous stage's sample too; `stage_advantages`):
+        -sum_stages advantage * log p(sample), averaged over images. The reward is CIDEr-D."""
         if image_ids is None or not self._references:
             raise ValueError("self-critical training needs the training captions (attach_training_records)")
         if self._cider is None:
             self._cider = CiderD(self._references)
         references = [self._references[i] for i in image_ids.tolist()]
         sampled, log_prob = self.decoder.sample(features, regions)
-        greedy = self.decoder.greedy(features.detach(), regions.detach())
-        decode = self.decoder.decode
-        reward = self._cider.scores([decode(s) for s in sampled], references)
-        baseline = self._cider.scores([decode(g) for g in greedy], references)
-        advantage = torch.as_tensor(reward - baseline, dtype=log_prob.dtype, device=log_prob.device)
-        return -(advantage * log_prob).mean(), torch.tensor(float(reward.mean()))
+        greedy = self.decoder.greedy_stages(features.detach(), regions.detach())
+
+        def rewards(stages: list[list[list[int]]]) -> torch.Tensor:
+            return torch.stack([torch.as_tensor(self._cider.scores([self.decoder.decode(c) for c in captions],
+                                                                   references), dtype=log_prob.dtype)
+                                for captions in stages]).to(log_prob.device)
+
+        reward = rewards(sampled)
+        advantage = stage_advantages(reward, rewards(greedy))
+        return -(advantage * log_prob).sum(dim=0).mean(), reward[-1].mean().detach().cpu()
 
     def _gan_pixels(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
         """uint8 training pixels (or the thumbnails beside cached features) -> [-1, 1] at the generator's size."""

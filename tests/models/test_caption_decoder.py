@@ -1,14 +1,23 @@
-"""The GXN caption decoder (#6 groundwork): teacher-forced loss, greedy and beam decoding."""
+"""The caption decoders (attention, CNN_L, Stack-Cap with one and two fine stages): teacher-forced
+loss, greedy, sampled and beam decoding, and the multi-stage self-critical advantage."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from models.caption_decoder import CaptionDecoder
+from models.caption_decoder import (
+    AttentionDecoder,
+    StackCapDecoder,
+    build_caption_decoder,
+    stage_advantages,
+)
 from models.vocab import END, PAD, START, Vocabulary
 
 CAPTIONS = ["a red circle", "two blue squares left of a star"]
 VOCAB = Vocabulary.build(CAPTIONS)
+KINDS = {"attention": ("attention", {}), "cnn_l": ("cnn_l", {"language_cnn_channels": 8, "history": 5}),
+         "stack_cap_1": ("stack_cap", {"fine_stages": 1}), "stack_cap_2": ("stack_cap", {"fine_stages": 2})}
 
 
 def _inputs():
@@ -16,25 +25,42 @@ def _inputs():
     return torch.randn(2, 8, generator=generator), torch.randn(2, 4, 6, generator=generator)
 
 
-def test_loss_reaches_every_part_and_decoding_is_valid():
+def _decoder(kind: str, **sizes):
+    name, options = KINDS[kind]
+    return build_caption_decoder(name, VOCAB, 8, 6, {"word_dim": 8, "hidden_dim": 16, "attention_dim": 8,
+                                                      "max_length": 6, **options, **sizes})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_loss_reaches_every_part_and_decoding_is_valid(kind):
     torch.manual_seed(0)
-    decoder = CaptionDecoder(VOCAB, feature_dim=8, region_dim=6, word_dim=8, hidden_dim=16, attention_dim=8,
-                             max_length=6)
+    decoder = _decoder(kind)
     features, regions = _inputs()
     loss = decoder.loss(features, regions, CAPTIONS)
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in decoder.named_parameters()
-               if n != "embed.weight") and decoder.embed.weight.grad.abs().sum() > 0
+               if n != "embed.weight"), [n for n, p in decoder.named_parameters() if p.grad is None]
+    assert decoder.embed.weight.grad.abs().sum() > 0
     forbidden = {VOCAB.index[PAD], VOCAB.index[START], VOCAB.index[END]}
-    for ids in decoder.greedy(features, regions) + decoder.beam(features, regions, width=3):
+    sampled, log_prob = decoder.sample(features, regions)
+    assert len(sampled) == decoder.stages and log_prob.shape == (decoder.stages, 2) and log_prob.requires_grad
+    for ids in decoder.greedy(features, regions) + decoder.beam(features, regions, width=3) + sampled[-1]:
         assert len(ids) <= 6 and all(0 <= i < len(VOCAB) and i not in forbidden for i in ids)
 
 
-def test_a_decoder_that_learned_two_captions_says_them_greedily_and_with_a_beam():
+def test_the_decoders_are_what_the_config_names():
+    assert type(_decoder("attention")) is AttentionDecoder and _decoder("attention").language_cnn is None
+    assert _decoder("cnn_l").language_cnn is not None
+    assert isinstance(_decoder("stack_cap_2"), StackCapDecoder) and _decoder("stack_cap_2").stages == 3
+    with pytest.raises(ValueError, match="caption.decoder 'lstm'"):
+        build_caption_decoder("lstm", VOCAB, 8, 6, {})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_decoder_that_learned_two_captions_says_them_greedily_and_with_a_beam(kind):
     torch.manual_seed(0)
-    decoder = CaptionDecoder(VOCAB, feature_dim=8, region_dim=6, word_dim=16, hidden_dim=32, attention_dim=16,
-                             max_length=10)
+    decoder = _decoder(kind, word_dim=16, hidden_dim=32, attention_dim=16, max_length=10)
     features, regions = _inputs()
     optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-2)
     for _ in range(150):
@@ -43,3 +69,25 @@ def test_a_decoder_that_learned_two_captions_says_them_greedily_and_with_a_beam(
         optimizer.step()
     assert [decoder.decode(ids) for ids in decoder.greedy(features, regions)] == CAPTIONS
     assert [decoder.decode(ids) for ids in decoder.beam(features, regions, width=3)] == CAPTIONS
+    for stage in decoder.greedy_stages(features, regions):  # every stage was supervised
+        assert [decoder.decode(ids) for ids in stage] == CAPTIONS
+
+
+def test_the_language_cnn_sees_the_earlier_words():
+    """Two histories that differ only in a word the GRU state has not seen give different outputs."""
+    torch.manual_seed(0)
+    decoder = _decoder("cnn_l").eval()
+    features, regions = _inputs()
+    state = decoder.begin(features[:1], regions[:1])
+    other = dict(state, history=state["history"].clone())
+    other["history"][:, -1] = 1.0  # the previous word; the oldest slot drops out of the window
+    words = torch.tensor([[VOCAB.index["red"]]])
+    assert not torch.allclose(decoder.step(words, state)[0], decoder.step(words, other)[0])
+
+
+def test_stage_advantages_follow_the_multi_stage_reward():
+    rewards = torch.tensor([[1.0, 0.5], [2.0, 0.5], [2.5, 1.0]])
+    baselines = torch.tensor([[0.5, 0.5], [1.0, 1.0], [3.0, 0.0]])
+    expected = torch.tensor([[0.5, 0.0], [1.0 + 1.0, -0.5 + 0.0], [-0.5 + 0.5, 1.0 + 0.5]])
+    assert torch.allclose(stage_advantages(rewards, baselines), expected)
+    assert torch.allclose(stage_advantages(rewards[:1], baselines[:1]), rewards[:1] - baselines[:1])

@@ -1,4 +1,4 @@
-"""GXN's imagine branch (#6 groundwork): KL term, conditioning, the three discriminator pairings."""
+"""GXN's imagine branch: KL term, conditioning, the three discriminator pairings, the contrastive term."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from models.imagine import (
     ConditioningAugmentation,
     Generator,
     MatchingDiscriminator,
+    contrastive_matching,
     discriminator_loss,
     generator_loss,
     kl_to_standard_normal,
@@ -52,14 +53,40 @@ def test_discriminator_sees_the_three_pairings_and_gradients_reach_the_text():
     condition, _ = augment(text)
     real = torch.rand(3, 3, 32, 32) * 2 - 1
     fake = generator(condition)
-    seen = []
-    original = discriminator.forward
-    discriminator.forward = lambda images, cond: seen.append((images, cond)) or original(images, cond)
+    seen_images, seen_texts = [], []
+    features, score = discriminator.features, discriminator.score
+    discriminator.features = lambda images: seen_images.append(images) or features(images)
+    discriminator.score = lambda image_features, text: seen_texts.append(text) or score(image_features, text)
     terms = discriminator_loss(discriminator, real, fake, condition)
     assert set(terms) == {"real_right", "fake_right", "real_wrong", "loss"}
-    (real_1, right_1), (fake_2, right_2), (real_3, wrong_3) = seen
-    assert real_1 is real and real_3 is real and torch.equal(fake_2, fake.detach()) and not fake_2.requires_grad
+    real_1, fake_2 = seen_images  # the real images' features serve both the right and the wrong text
+    right_1, right_2, wrong_3 = seen_texts
+    assert real_1 is real and torch.equal(fake_2, fake.detach()) and not fake_2.requires_grad
     assert torch.equal(right_1, condition) and torch.equal(right_2, condition)
     assert torch.equal(wrong_3, condition.roll(1, dims=0)) and not torch.equal(wrong_3, condition)
-    generator_loss(discriminator, fake, condition).backward()
+    generator_loss(discriminator, fake, condition)["loss"].backward()
     assert text.grad is not None and text.grad.abs().sum() > 0  # generation shapes the text feature
+
+
+def test_contrastive_matching_on_a_hand_made_case():
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    # matched pairs: each row's right answer scores 1/T, the other 0 -> -log(e^10 / (e^10 + 1)) both ways
+    assert float(contrastive_matching(images, images, 0.1)) == pytest.approx(math.log1p(math.exp(-10)), rel=1e-3)
+    swapped = float(contrastive_matching(images, images.flip(0), 0.1))
+    assert swapped == pytest.approx(10 + math.log1p(math.exp(-10)))
+
+
+def test_the_contrastive_term_is_trained_on_real_pairs_and_pulls_the_fakes():
+    torch.manual_seed(0)
+    discriminator = MatchingDiscriminator(text_dim=4, condition_dim=4, width=8, image_size=32, match_dim=6)
+    text = torch.randn(3, 4)
+    real, fake = torch.rand(3, 3, 32, 32) * 2 - 1, (torch.rand(3, 3, 32, 32) * 2 - 1).requires_grad_()
+    terms = discriminator_loss(discriminator, real, fake, text, match_weight=1.0)
+    plain = discriminator_loss(discriminator, real, fake, text)
+    assert float(terms["loss"]) == pytest.approx(float(plain["loss"] + terms["real_matching"]))
+    terms["loss"].backward()
+    assert fake.grad is None and discriminator.match_image.weight.grad.abs().sum() > 0
+    generated = generator_loss(discriminator, fake, text, match_weight=1.0)
+    assert set(generated) == {"fooled", "fake_matching", "loss"}
+    generated["fake_matching"].backward()
+    assert fake.grad.abs().sum() > 0
