@@ -155,7 +155,7 @@ def example_grid(split, captions: list[str], title: str, path: Path, count: int 
     import matplotlib.pyplot as plt
 
     chosen = torch.linspace(0, len(captions) - 1, count).round().long().tolist()
-    fig, axes = plt.subplots(2, count // 2, figsize=(3.2 * count // 2, 7.4))
+    fig, axes = plt.subplots(2, count // 2, figsize=(3.2 * count // 2, 8.6))
     for axis, i in zip(axes.flat, chosen, strict=True):
         axis.imshow(split.pixels[i].permute(1, 2, 0).numpy())
         axis.set_title(textwrap.fill(f"generated: {captions[i]}", 36) + "\n" +
@@ -194,8 +194,9 @@ def main() -> None:
         val_maps = val_maps[: args.val_images]
     train_captions = [list(r.captions) for r in train.records]
     references = [list(r.captions) for r in val.records][: len(val_maps)]
-    results = {"data": str(args.data), "train_images": len(train), "val_images": len(val), "vocabulary": len(vocab),
-               "epochs": args.epochs, "scst_steps": args.scst_steps, "sizes": SIZES, "decoders": {}}
+    results = {"data": str(args.data), "train_images": len(train), "val_images": len(val_maps),
+               "vocabulary": len(vocab), "epochs": args.epochs, "scst_steps": args.scst_steps, "sizes": SIZES,
+               "decoders": {}}
     for spec in args.decoders.split(","):
         torch.manual_seed(0)
         kind, options = parse_decoder(spec)

@@ -158,17 +158,16 @@ def classifier_accuracy(model: SceneClassifier, pixels: torch.Tensor, colours: t
             "shape": float((shape.argmax(1) == shapes).float().mean())}
 
 
-def synthetic_imagine_check(encoder, split, train) -> dict:
+def synthetic_imagine_check(encoder, small_val, train) -> dict:
     """Imagined one-object scenes (one per val scene, from its first caption), judged by two
     classifiers: the nearest-palette colour rule, and a CNN trained on the real training scenes
     (colour and shape). The same judges on the real val scenes give the ceiling."""
-    chosen, colours, shapes = single_object_labels(split)
-    captions = [split.records[i].captions[0] for i in chosen]
+    chosen, colours, shapes = single_object_labels(small_val)
+    if not chosen:
+        return {"single_object_scenes": 0}
+    captions = [small_val.records[i].captions[0] for i in chosen]
     imagined = torch.cat([encoder.imagine(captions[s:s + 256]) for s in range(0, len(captions), 256)])
-    real = split.pixels[chosen]
-    if real.shape[-1] != imagined.shape[-1]:
-        real = torch.nn.functional.interpolate(real.float(), size=imagined.shape[-2:], mode="bilinear",
-                                               antialias=True, align_corners=False).round().to(torch.uint8)
+    real = small_val.pixels[chosen]
     names = [list(COLOURS)[c] for c in colours.tolist()]
     palette = {label: sum(classify_colour(x) == c for x, c in zip(images.numpy(), names, strict=True)) / len(chosen)
                for label, images in (("imagined", imagined), ("real", real))}
@@ -177,48 +176,72 @@ def synthetic_imagine_check(encoder, split, train) -> dict:
             "palette_colour": palette,
             "trained_classifier": {"imagined": classifier_accuracy(classifier, imagined, colours, shapes),
                                    "real": classifier_accuracy(classifier, real, colours, shapes)},
-            "distinct_pictures": distinct_pictures(imagined)}
+            "distinct_pictures": distinct_pictures(imagined, captions)}
 
 
-def distinct_pictures(images: torch.Tensor) -> float:
-    """Mean absolute pixel difference (0-255) between imagined pictures of different captions:
-    near 0 means one picture for every text."""
-    flat = images.flatten(1).float()
-    return float(torch.cdist(flat[:200], flat[:200], p=1).mean() / flat.shape[1])
+def distinct_pictures(images: torch.Tensor, captions: list[str], count: int = 200) -> float:
+    """Mean absolute pixel difference (0-255) between imagined pictures of differently worded
+    captions: near 0 means one picture for every text."""
+    flat = images[:count].flatten(1).float()
+    texts = captions[:count]
+    different = torch.tensor([[a != b for b in texts] for a in texts])
+    if not different.any():
+        return 0.0
+    return float(torch.cdist(flat, flat, p=1)[different].mean() / flat.shape[1])
 
 
 def encode_images(encoder, pixels: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     return torch.cat([encoder.encode_image(pixels[s:s + batch_size]) for s in range(0, len(pixels), batch_size)])
 
 
-def r_precision(encoder, split, candidates: int = 100, seed: int = 0) -> dict:
+def other_caption_sets(captions: list[str], candidates: int, generator: torch.Generator) -> torch.Tensor:
+    """(N, candidates) caption indices: column 0 is image i's own caption, the rest are captions of
+    other images whose text differs from it (a synthetic scene's caption often recurs word for
+    word, and a copy of the right caption is not a wrong one)."""
+    rows = []
+    for i, caption in enumerate(captions):
+        pool = torch.tensor([j for j, other in enumerate(captions) if other != caption])
+        picked = pool[torch.randperm(len(pool), generator=generator)[:candidates - 1]]
+        rows.append(torch.cat([torch.tensor([i]), picked]))
+    width = min(map(len, rows))
+    return torch.stack([row[:width] for row in rows])
+
+
+def differently_worded(captions: list[str], generator: torch.Generator) -> torch.Tensor:
+    """For each caption, the index of a random caption with different text."""
+    order = torch.randperm(len(captions), generator=generator).tolist()
+    for i in range(len(order)):
+        tries = 0
+        while captions[order[i]] == captions[i] and tries < len(order):
+            j = int(torch.randint(len(order), (1,), generator=generator))
+            order[i], order[j] = order[j], order[i]
+            tries += 1
+    return torch.tensor(order)
+
+
+def r_precision(encoder, split, small_real: torch.Tensor, candidates: int = 100, seed: int = 0) -> dict:
     """AttnGAN's R-precision under the retrieval model itself: for each image, its caption (the
-    first) and candidates - 1 captions of other images are ranked by the encoder's similarity to the
-    image; the share of images whose own caption comes first. Measured on the images imagined from
-    each caption, on the real images at the imagined size (the ceiling at that resolution), and on
-    images imagined from another image's caption: a generator that ignores its text (chance,
-    1/candidates, is what it should score)."""
+    first) and candidates - 1 differently worded captions of other images are ranked by the
+    encoder's similarity to the image; the share of images whose own caption scores strictly
+    highest. Measured on the images imagined from each caption, on the real images at full size and
+    at the imagined size, and on images imagined from another image's caption: a generator that
+    ignores its text (it should score chance)."""
     captions = [r.captions[0] for r in split.records]
     count = len(captions)
     texts = torch.cat([encoder.encode_text(captions[s:s + 256]) for s in range(0, count, 256)])
     imagined = torch.cat([encoder.imagine(captions[s:s + 256]) for s in range(0, count, 256)])
-    size = imagined.shape[-1]
-    small_real = torch.cat([torch.nn.functional.interpolate(split.pixels[s:s + 256].float(), size=(size, size),
-                                                            mode="bilinear", antialias=True, align_corners=False)
-                            for s in range(0, count, 256)]).round().clamp(0, 255).to(torch.uint8)
     generator = torch.Generator().manual_seed(seed)
-    shuffled = torch.randperm(count, generator=generator)
-    others = torch.stack([torch.randperm(count - 1, generator=generator)[: candidates - 1] for _ in range(count)])
-    others = others + (others >= torch.arange(count)[:, None]).long()  # skip the image's own index
-    sets = torch.cat([torch.arange(count)[:, None], others], dim=1)  # column 0: the true caption
+    sets = other_caption_sets(captions, candidates, generator)
 
     def first_share(images: torch.Tensor) -> float:
         scores = (encode_images(encoder, images)[:, None, :] * texts[sets]).sum(-1)
-        return float((scores.argmax(dim=1) == 0).float().mean())
+        return float((scores[:, 0] > scores[:, 1:].amax(dim=1)).float().mean())
 
-    return {"candidates": candidates, "imagined": first_share(imagined), "real_full_size": first_share(split.pixels),
-            f"real_at_{size}px": first_share(small_real), "text_ignored": first_share(imagined[shuffled]),
-            "chance": 1 / candidates}
+    size = imagined.shape[-1]
+    return {"candidates": sets.shape[1], "imagined": first_share(imagined), "real_full_size": first_share(split.pixels),
+            f"real_at_{size}px": first_share(small_real),
+            "text_ignored": first_share(imagined[differently_worded(captions, generator)]),
+            "chance": 1 / sets.shape[1]}
 
 
 @torch.no_grad()
@@ -280,12 +303,14 @@ def main() -> None:
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split)}
     result["captions"], beam_captions = caption_quality(encoder, split, args.beam)
     result["condition"] = condition_spread(encoder, split)
-    result["r_precision"] = r_precision(encoder, split)
+    imagined_size = encoder.thumbnail_size
+    small_val = decode_split(load_records(args.data), args.split, imagined_size, progress=False)
+    result["r_precision"] = r_precision(encoder, split, small_val.pixels)
     result["serving_ms"] = serving_latency(encoder, split)
     if split.records[0].attributes.get("objects"):
         result["synthetic_captions"] = synthetic_caption_check(beam_captions, split)
-        train = decode_split(load_records(args.data), "train", encoder.imagined_size, progress=False)
-        result["synthetic_imagined"] = synthetic_imagine_check(encoder, split, train)
+        train = decode_split(load_records(args.data), "train", imagined_size, progress=False)
+        result["synthetic_imagined"] = synthetic_imagine_check(encoder, small_val, train)
     grid = args.grid or ROOT / "bench" / "results" / f"gxn_imagined_{run}.png"
     result["grid"], result["grid_captions"] = str(grid), imagined_grid(encoder, split, grid)
     print(f"{run} on {args.split} ({len(split)} images)")

@@ -69,7 +69,8 @@ class CaptionDecoder(nn.Module):
 
     def loss(self, features: torch.Tensor, regions: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """Cross-entropy per word of the captions (each ended by <end>), teacher forced; summed over
-        the stages (each supervised), averaged over words."""
+        the stages (each supervised, as Stack-Cap trains them), so a decoder with S stages reports
+        S times a one-stage loss of the same quality."""
         targets = [self.vocab.encode(c)[: self.max_length - 1] + [self.end] for c in captions]
         tokens = torch.full((len(targets), max(map(len, targets))), self.pad, dtype=torch.long)
         for row, ids in enumerate(targets):
@@ -314,6 +315,9 @@ def stage_advantages(rewards: torch.Tensor, baselines: torch.Tensor) -> torch.Te
     stage i's sample is rewarded against its own greedy caption, and (from the first fine stage
     on) against the previous stage's sample:  [r(y~i) - r(y^i)] + [r(y~i) - r(y~i-1)].
     With one stage this is plain SCST: r(y~) - r(y^)."""
+    if rewards.dim() != 2 or rewards.shape != baselines.shape:
+        raise ValueError(f"rewards and baselines must both be (stages, images), got {tuple(rewards.shape)} "
+                         f"and {tuple(baselines.shape)}")
     advantages = rewards - baselines
     advantages[1:] = advantages[1:] + rewards[1:] - rewards[:-1]
     return advantages

@@ -119,12 +119,23 @@ class MatchingDiscriminator(nn.Module):
         return self.score(self.features(images), text)
 
 
-def contrastive_matching(images: torch.Tensor, texts: torch.Tensor, temperature: float) -> torch.Tensor:
+def contrastive_matching(images: torch.Tensor, texts: torch.Tensor, temperature: float,
+                         duplicates: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE both ways over the batch: image i should be nearest text i among all the batch's
-    texts, and text i nearest image i.  -1/2N sum_i [log softmax_j(<v_i, t_j>/T)_i + log softmax_j(<t_i, v_j>/T)_i]"""
+    texts, and text i nearest image i.  -1/2N sum_i [log softmax_j(<v_i, t_j>/T)_i + log softmax_j(<t_i, v_j>/T)_i]
+    `duplicates` (N, N) marks pairs (i, j), i != j, whose texts are the same caption: a second copy
+    of the right answer is left out of the negatives rather than counted as a wrong one."""
     logits = images @ texts.t() / temperature
+    if duplicates is not None:
+        logits = logits.masked_fill(duplicates & ~torch.eye(len(images), dtype=torch.bool, device=images.device),
+                                    float("-inf"))
     targets = torch.arange(len(images), device=images.device)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
+
+
+def same_text(text: torch.Tensor) -> torch.Tensor:
+    """(N, N): which rows of a batch's text features are the same caption (equal vectors)."""
+    return (text[:, None, :] == text[None, :, :]).all(dim=-1)
 
 
 def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor, fake: torch.Tensor,
@@ -144,7 +155,8 @@ def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor,
              "real_wrong": bce(real_wrong, torch.zeros_like(real_wrong))}
     terms["loss"] = terms["real_right"] + (terms["fake_right"] + terms["real_wrong"]) / 2
     if match_weight:
-        terms["real_matching"] = contrastive_matching(*discriminator.matching(real_features, text), temperature)
+        terms["real_matching"] = contrastive_matching(*discriminator.matching(real_features, text), temperature,
+                                                      same_text(text))
         terms["loss"] = terms["loss"] + match_weight * terms["real_matching"]
     return terms
 
@@ -159,6 +171,7 @@ def generator_loss(discriminator: MatchingDiscriminator, fake: torch.Tensor, tex
     terms = {"fooled": F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))}
     terms["loss"] = terms["fooled"]
     if match_weight:
-        terms["fake_matching"] = contrastive_matching(*discriminator.matching(features, text), temperature)
+        terms["fake_matching"] = contrastive_matching(*discriminator.matching(features, text), temperature,
+                                                      same_text(text))
         terms["loss"] = terms["loss"] + match_weight * terms["fake_matching"]
     return terms

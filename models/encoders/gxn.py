@@ -330,7 +330,10 @@ class GXN(Encoder):
             self._cider = CiderD(self._references)
         references = [self._references[i] for i in image_ids.tolist()]
         sampled, log_prob = self.decoder.sample(features, regions)
+        was_training = self.decoder.training
+        self.decoder.eval()  # the baseline is the caption the model would give, without dropout
         greedy = self.decoder.greedy_stages(features.detach(), regions.detach())
+        self.decoder.train(was_training)
 
         def rewards(stages: list[list[list[int]]]) -> torch.Tensor:
             return torch.stack([torch.as_tensor(self._cider.scores([self.decoder.decode(c) for c in captions],

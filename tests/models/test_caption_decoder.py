@@ -86,8 +86,50 @@ def test_the_language_cnn_sees_the_earlier_words():
 
 
 def test_stage_advantages_follow_the_multi_stage_reward():
+    with pytest.raises(ValueError, match="stages, images"):
+        stage_advantages(torch.ones(3), torch.ones(3))
     rewards = torch.tensor([[1.0, 0.5], [2.0, 0.5], [2.5, 1.0]])
     baselines = torch.tensor([[0.5, 0.5], [1.0, 1.0], [3.0, 0.0]])
     expected = torch.tensor([[0.5, 0.0], [1.0 + 1.0, -0.5 + 0.0], [-0.5 + 0.5, 1.0 + 0.5]])
     assert torch.allclose(stage_advantages(rewards, baselines), expected)
     assert torch.allclose(stage_advantages(rewards[:1], baselines[:1]), rewards[:1] - baselines[:1])
+
+
+def test_a_sampled_caption_counts_the_log_probability_of_its_words_and_its_end():
+    """A decoder forced to say word w, then <end>: the summed log-probability is that of the two
+    emitted tokens (under the distribution without the banned tokens), nothing after <end>."""
+    decoder = _decoder("attention")
+    word, end = VOCAB.index["red"], decoder.end
+    step = [0]
+    table = torch.full((len(VOCAB),), -5.0)
+
+    def forced(words, state):
+        choice = word if step[0] == 0 else end
+        step[0] += 1
+        log_probs = table.clone()
+        log_probs[choice] = 5.0
+        return torch.log_softmax(log_probs, dim=-1).expand(1, 1, -1), state
+
+    decoder.step = forced
+    torch.manual_seed(0)
+    features, regions = _inputs()
+    sampled, total = decoder.sample(features[:1], regions[:1])
+    assert sampled == [[[word]]]
+    allowed = table.clone()
+    allowed[word] = 5.0
+    allowed[[decoder.pad, decoder.start]] = float("-inf")
+    first = torch.log_softmax(allowed, dim=-1)[word]
+    allowed = table.clone()
+    allowed[end] = 5.0
+    allowed[[decoder.pad, decoder.start]] = float("-inf")
+    second = torch.log_softmax(allowed, dim=-1)[end]
+    assert float(total[0, 0]) == pytest.approx(float(first + second), rel=1e-5)
+    assert step[0] == 2  # nothing decoded after <end>
+
+
+def test_a_single_stage_checkpoint_keeps_its_parameter_names():
+    names = set(_decoder("attention").state_dict())
+    assert names == {"embed.weight", "init_hidden.weight", "init_hidden.bias", "attend_region.weight",
+                     "attend_region.bias", "attend_hidden.weight", "attend_hidden.bias", "attention_score.weight",
+                     "attention_score.bias", "cell.weight_ih", "cell.weight_hh", "cell.bias_ih", "cell.bias_hh",
+                     "out.weight", "out.bias"}

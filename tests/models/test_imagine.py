@@ -74,6 +74,11 @@ def test_contrastive_matching_on_a_hand_made_case():
     assert float(contrastive_matching(images, images, 0.1)) == pytest.approx(math.log1p(math.exp(-10)), rel=1e-3)
     swapped = float(contrastive_matching(images, images.flip(0), 0.1))
     assert swapped == pytest.approx(10 + math.log1p(math.exp(-10)))
+    # two copies of one caption: each copy is not a wrong answer for the other's image
+    same = torch.tensor([[1.0, 0.0]]).repeat(2, 1)
+    duplicates = torch.ones(2, 2, dtype=torch.bool)
+    assert float(contrastive_matching(same, same, 0.1)) == pytest.approx(math.log(2), rel=1e-4)
+    assert float(contrastive_matching(same, same, 0.1, duplicates)) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_the_contrastive_term_is_trained_on_real_pairs_and_pulls_the_fakes():
