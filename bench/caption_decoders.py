@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from models import create_encoder  # noqa: E402
-from models.caption_decoder import CaptionDecoder, build_caption_decoder, stage_advantages  # noqa: E402
+from models.caption_decoder import CaptionDecoder, build_caption_decoder, self_critical_loss  # noqa: E402
 from models.caption_metrics import CiderD, bleu, cider_d  # noqa: E402
 from models.data import decode_split, load_records  # noqa: E402
 from models.training.feature_cache import cached_features, choose_views  # noqa: E402
@@ -120,32 +120,19 @@ def train_self_critical(model: Captioner, maps: torch.Tensor, captions: list[lis
                         label: str) -> list[float]:
     cider = CiderD(captions)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-5)
-    rewards, decode = [], model.decoder.decode
+    rewards = []
     for _ in tqdm(range(steps), desc=f"{label} scst", unit="step"):
         model.train()
         images = torch.randint(len(maps), (64,))
         references = [captions[i] for i in images.tolist()]
         features, regions = model.inputs(maps[images, torch.randint(maps.shape[1], (64,))])
-        sampled, log_prob = model.decoder.sample(features, regions)
-        with torch.no_grad():
-            model.eval()
-            greedy = model.decoder.greedy_stages(features, regions)
-            model.train()
-        sample_reward = stage_rewards(cider, decode, sampled, references)
-        advantages = stage_advantages(sample_reward, stage_rewards(cider, decode, greedy, references))
-        loss = -(advantages * log_prob).sum(dim=0).mean()
+        loss, reward = self_critical_loss(model.decoder, cider, features, regions, references)
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        rewards.append(float(sample_reward[-1].mean()))
+        rewards.append(float(reward))
     return rewards
-
-
-def stage_rewards(cider: CiderD, decode, stages: list[list[list[int]]], references: list[list[str]]) -> torch.Tensor:
-    """CIDEr-D of every stage's captions: (stages, images)."""
-    return torch.stack([torch.as_tensor(cider.scores([decode(c) for c in stage], references), dtype=torch.float32)
-                        for stage in stages])
 
 
 def example_grid(split, captions: list[str], title: str, path: Path, count: int = 10) -> None:

@@ -42,6 +42,7 @@ from models.caption_metrics import words  # noqa: E402
 from models.data import decode_split, load_records  # noqa: E402
 from models.data.synthetic import BACKGROUNDS, COLOURS, SHAPES  # noqa: E402
 from models.encoders import CheckpointError  # noqa: E402
+from models.encoders.base import encode_in_batches  # noqa: E402
 from models.encoders.gxn import caption_scores  # noqa: E402
 
 
@@ -166,7 +167,7 @@ def synthetic_imagine_check(encoder, small_val, train) -> dict:
     if not chosen:
         return {"single_object_scenes": 0}
     captions = [small_val.records[i].captions[0] for i in chosen]
-    imagined = torch.cat([encoder.imagine(captions[s:s + 256]) for s in range(0, len(captions), 256)])
+    imagined = imagine_all(encoder, captions)
     real = small_val.pixels[chosen]
     names = [list(COLOURS)[c] for c in colours.tolist()]
     palette = {label: sum(classify_colour(x) == c for x, c in zip(images.numpy(), names, strict=True)) / len(chosen)
@@ -190,8 +191,9 @@ def distinct_pictures(images: torch.Tensor, captions: list[str], count: int = 20
     return float(torch.cdist(flat, flat, p=1)[different].mean() / flat.shape[1])
 
 
-def encode_images(encoder, pixels: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    return torch.cat([encoder.encode_image(pixels[s:s + batch_size]) for s in range(0, len(pixels), batch_size)])
+def imagine_all(encoder, captions: list[str], batch_size: int = 256) -> torch.Tensor:
+    """What the encoder imagines for every caption: uint8 (N, 3, S, S)."""
+    return torch.cat([encoder.imagine(captions[s:s + batch_size]) for s in range(0, len(captions), batch_size)])
 
 
 def other_caption_sets(captions: list[str], candidates: int, generator: torch.Generator) -> torch.Tensor:
@@ -227,14 +229,14 @@ def r_precision(encoder, split, small_real: torch.Tensor, candidates: int = 100,
     at the imagined size, and on images imagined from another image's caption: a generator that
     ignores its text (it should score chance)."""
     captions = [r.captions[0] for r in split.records]
-    count = len(captions)
-    texts = torch.cat([encoder.encode_text(captions[s:s + 256]) for s in range(0, count, 256)])
-    imagined = torch.cat([encoder.imagine(captions[s:s + 256]) for s in range(0, count, 256)])
+    texts = encode_in_batches(encoder.encode_text, captions, encoder.embed_dim)
+    imagined = imagine_all(encoder, captions)
     generator = torch.Generator().manual_seed(seed)
     sets = other_caption_sets(captions, candidates, generator)
 
     def first_share(images: torch.Tensor) -> float:
-        scores = (encode_images(encoder, images)[:, None, :] * texts[sets]).sum(-1)
+        scores = (encode_in_batches(encoder.encode_image, images, encoder.embed_dim, 128)[:, None, :]
+                  * texts[sets]).sum(-1)
         return float((scores[:, 0] > scores[:, 1:].amax(dim=1)).float().mean())
 
     size = imagined.shape[-1]
@@ -299,17 +301,18 @@ def main() -> None:
     if not (encoder.describes_images and encoder.imagines_texts):
         sys.exit(f"{args.checkpoint}: encoder {encoder.name!r} has no caption decoder or no image generator")
     run = args.checkpoint.parent.name + ("" if args.checkpoint.name == "model_best.pt" else f"_{args.checkpoint.stem}")
-    split = decode_split(load_records(args.data), args.split, encoder.image_size, progress=False)
+    records = load_records(args.data)
+    split = decode_split(records, args.split, encoder.image_size, progress=False)
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split)}
     result["captions"], beam_captions = caption_quality(encoder, split, args.beam)
     result["condition"] = condition_spread(encoder, split)
     imagined_size = encoder.thumbnail_size
-    small_val = decode_split(load_records(args.data), args.split, imagined_size, progress=False)
+    small_val = decode_split(records, args.split, imagined_size, progress=False)
     result["r_precision"] = r_precision(encoder, split, small_val.pixels)
     result["serving_ms"] = serving_latency(encoder, split)
     if split.records[0].attributes.get("objects"):
         result["synthetic_captions"] = synthetic_caption_check(beam_captions, split)
-        train = decode_split(load_records(args.data), "train", imagined_size, progress=False)
+        train = decode_split(records, "train", imagined_size, progress=False)
         result["synthetic_imagined"] = synthetic_imagine_check(encoder, small_val, train)
     grid = args.grid or ROOT / "bench" / "results" / f"gxn_imagined_{run}.png"
     result["grid"], result["grid_captions"] = str(grid), imagined_grid(encoder, split, grid)

@@ -323,6 +323,28 @@ def stage_advantages(rewards: torch.Tensor, baselines: torch.Tensor) -> torch.Te
     return advantages
 
 
+def self_critical_loss(decoder: CaptionDecoder, cider: Any, features: torch.Tensor, regions: torch.Tensor,
+                       references: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE with each stage's greedy caption as its baseline (and, for Stack-Cap's fine
+    stages, the previous stage's sample too; `stage_advantages`):
+    -sum_stages advantage * log p(sample), averaged over images. `cider` scores the captions
+    (`CiderD.scores`) against `references`, one list per image. Returns (the loss, the last stage's
+    mean sampled reward)."""
+    sampled, log_prob = decoder.sample(features, regions)
+    was_training = decoder.training
+    decoder.eval()  # the baseline is the caption the model would give, without dropout
+    greedy = decoder.greedy_stages(features.detach(), regions.detach())
+    decoder.train(was_training)
+
+    def rewards(stages: list[list[list[int]]]) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(cider.scores([decoder.decode(c) for c in captions], references),
+                                            dtype=log_prob.dtype) for captions in stages]).to(log_prob.device)
+
+    reward = rewards(sampled)
+    advantage = stage_advantages(reward, rewards(greedy))
+    return -(advantage * log_prob).sum(dim=0).mean(), reward[-1].mean().detach().cpu()
+
+
 def build_caption_decoder(kind: str, vocab: Vocabulary, feature_dim: int, region_dim: int,
                           options: dict[str, Any]) -> CaptionDecoder:
     """`caption.decoder`: attention | cnn_l | stack_cap, with the caption section's sizes."""

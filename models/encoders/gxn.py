@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.caption_decoder import build_caption_decoder, stage_advantages
+from models.caption_decoder import build_caption_decoder, self_critical_loss
 from models.caption_metrics import CiderD, bleu, cider_d
 from models.data import BackboneFeatures, DecodedSplit
 from models.data.records import ImageRecord
@@ -321,28 +321,13 @@ class GXN(Encoder):
 
     def _self_critical_loss(self, features: torch.Tensor, regions: torch.Tensor,
                             image_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """REINFORCE with each stage's greedy caption as its baseline (and, for Stack-Cap's fine
-        stages, the previous stage's sample too; `stage_advantages`):
-        -sum_stages advantage * log p(sample), averaged over images. The reward is CIDEr-D."""
+        """`self_critical_loss` against each image's own training captions, CIDEr-D as the reward."""
         if image_ids is None or not self._references:
             raise ValueError("self-critical training needs the training captions (attach_training_records)")
         if self._cider is None:
             self._cider = CiderD(self._references)
         references = [self._references[i] for i in image_ids.tolist()]
-        sampled, log_prob = self.decoder.sample(features, regions)
-        was_training = self.decoder.training
-        self.decoder.eval()  # the baseline is the caption the model would give, without dropout
-        greedy = self.decoder.greedy_stages(features.detach(), regions.detach())
-        self.decoder.train(was_training)
-
-        def rewards(stages: list[list[list[int]]]) -> torch.Tensor:
-            return torch.stack([torch.as_tensor(self._cider.scores([self.decoder.decode(c) for c in captions],
-                                                                   references), dtype=log_prob.dtype)
-                                for captions in stages]).to(log_prob.device)
-
-        reward = rewards(sampled)
-        advantage = stage_advantages(reward, rewards(greedy))
-        return -(advantage * log_prob).sum(dim=0).mean(), reward[-1].mean().detach().cpu()
+        return self_critical_loss(self.decoder, self._cider, features, regions, references)
 
     def _gan_pixels(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
         """uint8 training pixels (or the thumbnails beside cached features) -> [-1, 1] at the generator's size."""
