@@ -58,6 +58,16 @@ class CaptionHit(BaseModel):
                                                                      "best first (at most 10)")
 
 
+class QueryAttention(BaseModel):
+    """Where an attending encoder (DAN) looked in the query: one entry per attention step, each
+    summing to one. A text query gives its words and weights; an image query its region grid."""
+
+    words: list[str] | None = Field(None, description="the query's words as the encoder read them")
+    word_weights: list[list[float]] | None = Field(None, description="per step, one weight per word")
+    region_weights: list[list[list[float]]] | None = Field(
+        None, description="per step, a rows x columns grid over the query image (7 x 7 for EfficientNet-Lite)")
+
+
 class SearchResponse(BaseModel):
     index: str = Field(description="the index (and so the encoder) that answered")
     version: int
@@ -76,6 +86,8 @@ class SearchResponse(BaseModel):
                                                             "captions (GXN): its caption for the query image")
     imagined_image_url: str | None = Field(None, description="text->image with an encoder that imagines images "
                                                              "(GXN): a PNG of what it imagined for the query text")
+    query_attention: QueryAttention | None = Field(None, description="with attention=true and an encoder that "
+                                                                     "attends (DAN): where it looked in the query")
 
 
 class Term(BaseModel):

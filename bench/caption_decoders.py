@@ -9,8 +9,8 @@ map at 224 px (cached, two views of each training image: the centre crop and its
 regions, and a learned projection of the pooled map as its starting feature. Only the decoder and
 that projection are trained (the ranking and imagine terms of a full GXN run are left out, so that
 the decoders, not the rest of GXN, are what differs). Each decoder: `--epochs` epochs of
-cross-entropy over every training caption (Adam, lr 4e-4 halved each epoch, dropout 0.3, batch
-128), then `--scst-steps` self-critical steps on CIDEr-D (lr 2e-5, batch 64 images; Stack-Cap with
+cross-entropy over every training caption (Adam, lr 4e-4 halved every `--halve-every` epochs, dropout 0.3, batch
+128), then `--scst-steps` self-critical steps on CIDEr-D (`--scst-lr`, batch 64 images; Stack-Cap with
 its multi-stage reward). Scores are corpus BLEU and CIDEr-D against the val images' five captions
 (`models.caption_metrics`). Writes a table, JSON (default bench/results/caption_decoders.json) and,
 for the best decoder after SCST, ten val images with their beam captions (PNG).
@@ -90,10 +90,10 @@ def evaluate(model: Captioner, maps: torch.Tensor, references: list[list[str]], 
 
 
 def train_cross_entropy(model: Captioner, maps: torch.Tensor, captions: list[list[str]], epochs: int,
-                        label: str) -> list[float]:
+                        label: str, halve_every: int = 1) -> list[float]:
     pairs = [(image, caption) for image, texts in enumerate(captions) for caption in texts]
     optimizer = torch.optim.Adam(model.parameters(), lr=4e-4)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=halve_every, gamma=0.5)
     losses = []
     for epoch in range(epochs):
         model.train()
@@ -117,9 +117,9 @@ def train_cross_entropy(model: Captioner, maps: torch.Tensor, captions: list[lis
 
 
 def train_self_critical(model: Captioner, maps: torch.Tensor, captions: list[list[str]], steps: int,
-                        label: str) -> list[float]:
+                        label: str, lr: float = 2e-5) -> list[float]:
     cider = CiderD(captions)
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     rewards = []
     for _ in tqdm(range(steps), desc=f"{label} scst", unit="step"):
         model.train()
@@ -161,6 +161,9 @@ def main() -> None:
     parser.add_argument("--decoders", default="attention,cnn_l,stack_cap:1,stack_cap:2")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--scst-steps", type=int, default=150)
+    parser.add_argument("--halve-every", type=int, default=1, help="halve the cross-entropy rate every N epochs")
+    parser.add_argument("--scst-lr", type=float, default=2e-5)
+    parser.add_argument("--save-dir", type=Path, help="keep each trained captioner's state dict here")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--min-word-count", type=int, default=5)
     parser.add_argument("--val-images", type=int, help="score on the first N val images only (a quick check)")
@@ -182,7 +185,8 @@ def main() -> None:
     train_captions = [list(r.captions) for r in train.records]
     references = [list(r.captions) for r in val.records][: len(val_maps)]
     results = {"data": str(args.data), "train_images": len(train), "val_images": len(val_maps),
-               "vocabulary": len(vocab), "epochs": args.epochs, "scst_steps": args.scst_steps, "sizes": SIZES,
+               "vocabulary": len(vocab), "epochs": args.epochs, "halve_every": args.halve_every,
+               "scst_steps": args.scst_steps, "scst_lr": args.scst_lr, "sizes": SIZES,
                "decoders": {}}
     for spec in args.decoders.split(","):
         torch.manual_seed(0)
@@ -190,15 +194,19 @@ def main() -> None:
         decoder = build_caption_decoder(kind, vocab, SIZES["hidden_dim"], train_maps.shape[2], {**SIZES, **options})
         model = Captioner(decoder, train_maps.shape[2], SIZES["hidden_dim"])
         started = time.perf_counter()
-        xent = train_cross_entropy(model, train_maps, train_captions, args.epochs, spec)
+        xent = train_cross_entropy(model, train_maps, train_captions, args.epochs, spec, args.halve_every)
         entry = {"parameters": sum(p.numel() for p in model.parameters()), "xent_losses": xent,
                  "xent_minutes": (time.perf_counter() - started) / 60, "xent": evaluate(model, val_maps, references,
                                                                                          args.beam)}
         started = time.perf_counter()
-        entry["scst_rewards"] = train_self_critical(model, train_maps, train_captions, args.scst_steps, spec)
+        entry["scst_rewards"] = train_self_critical(model, train_maps, train_captions, args.scst_steps, spec,
+                                                    args.scst_lr)
         entry["scst_minutes"] = (time.perf_counter() - started) / 60
         entry["scst"] = evaluate(model, val_maps, references, args.beam)
         results["decoders"][spec] = entry
+        if args.save_dir:
+            args.save_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), args.save_dir / f"captioner_{spec.replace(':', '_')}.pt")
         print_table(results, args.beam)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))

@@ -3,6 +3,7 @@
     python bench/train_bench.py --suite flickr8k            # VSE0 / VSE++ (GRU, MiniLM), Dual-Path, GXN + ablations
     python bench/train_bench.py --suite flickr8k_pretrained # every family on the frozen ImageNet EfficientNet-Lite0
     python bench/train_bench.py --suite synthetic           # VSE / VSE++ / Dual-Path / GXN on the synthetic scenes
+    python bench/train_bench.py --suite flickr8k_dan        # m-DAN, K = 0/1/2, beside VSE++ (same tower)
     python bench/train_bench.py --suite flickr8k --reuse    # re-read finished runs, train nothing
 
 Each run is a separate `imgsearch train` process, so its wall time and peak memory are its own.
@@ -55,6 +56,14 @@ SUITES = {
         ("Dual-Path, TextCNN, no instance loss", "configs/flickr8k_dual_path_lite0_no_instance.toml"),
         ("GXN, GRU", "configs/flickr8k_gxn_lite0.toml"),
         ("GXN, GRU, no generative terms", "configs/flickr8k_gxn_lite0_no_generation.toml"),
+    ],
+    # m-DAN beside VSE++ on the same frozen Lite0 (2 cached views of its 7 x 7 map) and budget: K = 0, 1, 2.
+    "flickr8k_dan": [
+        ("VSE++, MiniLM, 2 views", "configs/flickr8k_vsepp_lite0_minilm_2views.toml"),
+        ("DAN K=0 (average pooling), MiniLM", "configs/flickr8k_dan_lite0_minilm_k0.toml"),
+        ("DAN K=1, MiniLM", "configs/flickr8k_dan_lite0_minilm_k1.toml"),
+        ("DAN K=2, MiniLM", "configs/flickr8k_dan_lite0_minilm.toml"),
+        ("DAN K=2, GRU", "configs/flickr8k_dan_lite0_gru.toml"),
     ],
     "synthetic": [
         ("VSE, GRU", "configs/synthetic_vse.toml"),

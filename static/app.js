@@ -58,6 +58,34 @@ function generated(response) {
   return html;
 }
 
+// An attending encoder (DAN) says where it looked: bold words for a text, a heat grid over the
+// query image (squashed to a square, as the model saw it). Weights are the steps' mean.
+function looked(response) {
+  const attention = response.query_attention;
+  if (!attention) return "";
+  const mean = (steps, i) => steps.reduce((sum, step) => sum + step[i], 0) / steps.length;
+  if (attention.words) {
+    const weights = attention.words.map((_, i) => mean(attention.word_weights, i));
+    const top = Math.max(...weights) || 1;
+    const words = attention.words.map((word, i) => `<span class="attended${weights[i] / top > 0.5 ? " strong" : ""}"
+      style="--share:${(weights[i] / top).toFixed(3)}" title="attention ${(100 * weights[i]).toFixed(1)}%">${escapeHtml(word)}</span>`);
+    return `<p class="attention">The model attended to: ${words.join(" ")}</p>`;
+  }
+  const steps = attention.region_weights || [];
+  const query = document.querySelector(".panel:not([hidden]) img.query-thumb");
+  if (!steps.length || !query) return "";
+  const cells = steps[0].flat().map((_, i) => mean(steps.map((step) => step.flat()), i));
+  const top = Math.max(...cells) || 1;
+  const spans = cells.map((cell) => `<span style="--share:${(cell / top).toFixed(3)}"></span>`).join("");
+  return `<figure class="looked"><div class="heat" style="--rows:${steps[0].length};--cols:${steps[0][0].length}">
+    <img src="${escapeHtml(query.src)}" alt="the query image as the model saw it"><div class="cells">${spans}</div></div>
+    <figcaption>where the model looked</figcaption></figure>`;
+}
+
+function attends() {
+  return $("#results").dataset.attention === "on";
+}
+
 function render(response, append) {
   const captions = response.mode.endsWith("caption");
   if (!append) state.best = response.results.length ? response.results[0].score : null;
@@ -66,7 +94,7 @@ function render(response, append) {
   if (!append || !list) {
     const warnings = response.warnings.map((w) => `<p class="warning">${escapeHtml(w)}</p>`).join("");
     const notes = (response.notes || []).map((n) => `<p class="note">${escapeHtml(n)}</p>`).join("");
-    $("#results").innerHTML = `${warnings}${notes}${generated(response)}<${captions ? "ol class=\"captions\"" : "ul class=\"grid\""}></${captions ? "ol" : "ul"}>`;
+    $("#results").innerHTML = `${warnings}${notes}${generated(response)}${looked(response)}<${captions ? "ol class=\"captions\"" : "ul class=\"grid\""}></${captions ? "ol" : "ul"}>`;
     list = $("#results > ul, #results > ol");
   }
   list.insertAdjacentHTML("beforeend", items || (append ? "" : "<li>No results.</li>"));
@@ -97,7 +125,8 @@ const queries = {
     const q = $("#q").value.trim();
     if (!q) throw new Error("Type what you are looking for.");
     return { url: `?mode=text&q=${encodeURIComponent(q)}`,
-             fetch: (offset) => request(`/api/search/text?q=${encodeURIComponent(q)}&k=${PAGE}&offset=${offset}`) };
+             fetch: (offset) => request(`/api/search/text?q=${encodeURIComponent(q)}&k=${PAGE}&offset=${offset}`
+                                        + (attends() && !offset ? "&attention=true" : "")) };
   },
   image() {
     const id = $("#image-id").value;
@@ -105,6 +134,7 @@ const queries = {
     const upload = state.upload;
     return { url: upload ? null : `?mode=image&id=${id}`,
              fetch: (offset) => { const form = imageForm(upload, id); form.append("k", PAGE); form.append("offset", offset);
+                                  if (attends() && !offset) form.append("attention", "true");
                                   return request("/api/search/image", { method: "POST", body: form }); } };
   },
   arith() {

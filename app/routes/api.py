@@ -40,9 +40,11 @@ Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="results to skip 
 MIN_SCORE_HELP = "drop results whose raw cosine similarity is below this"
 MIN_RELEVANCE_HELP = "drop results whose relevance (the calibrated score, 0-1) is below this"
 COLLAPSE_HELP = "captions: identical texts as one result, with their count and images"
+ATTENTION_HELP = "also return where the encoder looked in the query (DAN encoders: word or region weights)"
 MinScore = Annotated[float | None, Query(ge=-1, le=1, description=MIN_SCORE_HELP)]
 MinRelevance = Annotated[float | None, Query(ge=0, le=1, description=MIN_RELEVANCE_HELP)]
 Collapse = Annotated[bool, Query(description=COLLAPSE_HELP)]
+Attention = Annotated[bool, Query(description=ATTENTION_HELP)]
 IndexName = Annotated[str | None, Query(description="which served index/encoder (default: the configured one)")]
 Target = Literal["image", "caption"]
 ImageId = Annotated[int, Query(ge=1, le=2**62, description="a gallery image id")]
@@ -60,18 +62,18 @@ async def read_query_image(upload: UploadFile | None, image_id: int | None, max_
 @router.get("/search/text", response_model=SearchResponse, summary="Text -> images (or captions)")
 async def search_text(search: SearchDep, q: Annotated[str, Query(description="the query text")], k: K = 10,
                       offset: Offset = 0, min_score: MinScore = None, min_relevance: MinRelevance = None,
-                      index: IndexName = None, target: Target = "image") -> Response:
+                      index: IndexName = None, target: Target = "image", attention: Attention = False) -> Response:
     cutoff = Cutoff(min_score, min_relevance)
-    return as_json(await search.run(search.text_to, target, q, k, offset, cutoff, index))
+    return as_json(await search.run(search.text_to, target, q, k, offset, cutoff, index, attention))
 
 
 @router.get("/search/image", response_model=SearchResponse, summary="Gallery image -> captions (or images)")
 async def search_image_by_id(search: SearchDep, image_id: ImageId, k: K = 10, offset: Offset = 0,
                              min_score: MinScore = None, min_relevance: MinRelevance = None,
-                             index: IndexName = None, target: Target = "caption", collapse: Collapse = True
-                             ) -> Response:
+                             index: IndexName = None, target: Target = "caption", collapse: Collapse = True,
+                             attention: Attention = False) -> Response:
     query, cutoff = QueryImage(image_id=image_id), Cutoff(min_score, min_relevance)
-    return as_json(await search.run(search.image_to, target, query, k, offset, cutoff, index, collapse))
+    return as_json(await search.run(search.image_to, target, query, k, offset, cutoff, index, collapse, attention))
 
 
 @router.post("/search/image", response_model=SearchResponse, summary="Uploaded image -> captions (or images)")
@@ -85,10 +87,11 @@ async def search_image_upload(search: SearchDep, settings: SettingsDep,
                                                                           description=MIN_RELEVANCE_HELP)] = None,
                               index: Annotated[str | None, Form()] = None,
                               target: Annotated[Target, Form()] = "caption",
-                              collapse: Annotated[bool, Form(description=COLLAPSE_HELP)] = True) -> Response:
+                              collapse: Annotated[bool, Form(description=COLLAPSE_HELP)] = True,
+                              attention: Annotated[bool, Form(description=ATTENTION_HELP)] = False) -> Response:
     query = await read_query_image(file, image_id, settings.max_upload_bytes)
     cutoff = Cutoff(min_score, min_relevance)
-    return as_json(await search.run(search.image_to, target, query, k, offset, cutoff, index, collapse))
+    return as_json(await search.run(search.image_to, target, query, k, offset, cutoff, index, collapse, attention))
 
 
 @router.get("/search/arithmetic", response_model=SearchResponse, summary="Gallery image - words + words -> images")

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.schemas import CaptionHit, ImageHit, ImageRef, SearchResponse
+from app.schemas import CaptionHit, ImageHit, ImageRef, QueryAttention, SearchResponse
 from app.services.errors import BadQuery, NotFound, UnknownWords
 from app.services.images import open_gallery_image
 from app.services.served import Served, ServedIndexes
@@ -61,11 +61,17 @@ class QueryVector:
     vector: np.ndarray
     warnings: list[str] = field(default_factory=list)  # e.g. unknown words ignored
     notes: list[str] = field(default_factory=list)     # e.g. "squares" read as "square"
+    attention: QueryAttention | None = None             # where an attending encoder looked
 
     def add(self, other: QueryVector, weight: float) -> None:
         self.vector = self.vector + weight * other.vector
         self.warnings += [w for w in other.warnings if w not in self.warnings]
         self.notes += [n for n in other.notes if n not in self.notes]
+
+
+def _rounded(weights: list) -> list:
+    """Nested lists of weights at 4 decimals: the response stays short and readable."""
+    return [_rounded(w) if isinstance(w, list) else round(float(w), 4) for w in weights]
 
 
 MAX_COLLAPSE_CANDIDATES = 1600  # captions read at most to fill a page of distinct texts
@@ -165,10 +171,13 @@ class SearchService:
 
     # --- the modes -----------------------------------------------------------------------------
     def text_to(self, target: str, text: str, k: int, offset: int = 0, cutoff: Cutoff = Cutoff(),
-                index: str | None = None) -> SearchResponse:
+                index: str | None = None, attention: bool = False) -> SearchResponse:
         served, clock = self.served.get(index), StageClock()
         with clock.stage("encode"):
             query = self.text_vector(served, text)
+        if attention:
+            with clock.stage("attention"):
+                query.attention = self._attention(served, query, lambda: self._text_attention(served, text))
         response = self._respond(served, clock, f"text->{target}", target, query, k, offset, cutoff)
         if target == "image" and served.encoder.imagines_texts:
             # A link, not the picture: the page fetches it beside the results, a client that
@@ -180,12 +189,15 @@ class SearchService:
         return response
 
     def image_to(self, target: str, query: QueryImage, k: int, offset: int = 0, cutoff: Cutoff = Cutoff(),
-                 index: str | None = None, collapse: bool = True) -> SearchResponse:
+                 index: str | None = None, collapse: bool = True, attention: bool = False) -> SearchResponse:
         """The captions (or images) nearest an image. Identical caption texts are one result, with
         their count and images, unless `collapse` is False."""
         served, clock = self.served.get(index), StageClock()
         with clock.stage("encode"):
             vector = QueryVector(self.image_vector(served, query))
+        if attention:
+            with clock.stage("attention"):
+                vector.attention = self._attention(served, vector, lambda: self._image_attention(served, query))
         generated = None
         if target == "caption" and served.encoder.describes_images:
             with clock.stage("describe"):
@@ -212,6 +224,24 @@ class SearchService:
         buffer = io.BytesIO()
         Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB").save(buffer, "PNG")
         return buffer.getvalue(), cacheable
+
+    @staticmethod
+    def _attention(served: Served, query: QueryVector, compute: Callable[[], QueryAttention]) -> QueryAttention | None:
+        """The query's attention when the encoder has some; otherwise a note saying why there is none."""
+        if served.encoder.attends:
+            return compute()
+        query.notes.append(f"no attention to show: encoder {served.encoder.name!r} does not attend "
+                           "(DAN encoders with attention steps do)")
+        return None
+
+    @staticmethod
+    def _text_attention(served: Served, text: str) -> QueryAttention:
+        entry = served.encoder.text_attention([text])[0]
+        return QueryAttention(words=entry["words"], word_weights=_rounded(entry["weights"]))
+
+    def _image_attention(self, served: Served, query: QueryImage) -> QueryAttention:
+        grid = served.encoder.image_attention([self.query_pixels(query)])[0]
+        return QueryAttention(region_weights=_rounded(grid.tolist()))
 
     def query_pixels(self, query: QueryImage) -> Image.Image:
         """The query image itself: the upload, or the gallery file behind an image id."""
@@ -284,7 +314,8 @@ class SearchService:
             self.observe_timings(mode, clock.ms)
         return SearchResponse(index=served.name, version=served.loaded.number,
                               encoder=served.encoder.name, mode=mode, k=k, offset=offset, results=page,
-                              warnings=query.warnings, notes=query.notes, timings_ms=clock.rounded())
+                              warnings=query.warnings, notes=query.notes, timings_ms=clock.rounded(),
+                              query_attention=query.attention)
 
     def _search(self, served: Served, target: str, vector: np.ndarray, wanted: int, rerank_top: int | None,
                 cutoff: Cutoff) -> tuple[np.ndarray, np.ndarray, bool]:

@@ -81,6 +81,19 @@ class Encoder(nn.Module):
     def imagine(self, texts: Sequence[str], seed: int = 0) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} does not generate images")
 
+    # Families that attend (DAN) override these: where a query image or text looked.
+    @property
+    def attends(self) -> bool:
+        return False
+
+    def image_attention(self, images: ImageBatch) -> torch.Tensor:
+        """(N, K, H, W): each attention step's weights over each image's region grid."""
+        raise NotImplementedError(f"{type(self).__name__} has no attention over image regions")
+
+    def text_attention(self, texts: Sequence[str]) -> list[dict[str, Any]]:
+        """Per text {"words": [...], "weights": K lists, one weight per word, each summing to one}."""
+        raise NotImplementedError(f"{type(self).__name__} has no attention over words")
+
     def unknown_words(self, text: str) -> list[str]:
         """Words of `text` the text tower cannot represent (mapped to <unk>); [] if it knows all."""
         return []

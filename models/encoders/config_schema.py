@@ -44,6 +44,7 @@ ImagineSection = _section("ImagineSection", condition_dim=Int, discriminator_lr=
                           generator_width=Int, image_size=Int, kl_weight=Real, noise_dim=Int, weight=Real,
                           reconstruction_weight=Real, match_weight=Real, match_temperature=Real)  # GXN
 ScheduleSection = _section("ScheduleSection", warmup_epochs=Int)                                   # GXN
+AttentionSection = _section("AttentionSection", steps=Int, step_dim=Int, hidden_dim=Int)           # DAN
 
 
 class EncoderConfig(_Section):
@@ -58,6 +59,7 @@ class EncoderConfig(_Section):
     caption: CaptionSection | None = None              # GXN
     imagine: ImagineSection | None = None              # GXN
     schedule: ScheduleSection | None = None            # GXN
+    attention: AttentionSection | None = None          # DAN
     model: Text = None                                 # open_clip
     model_cfg: dict | None = None
     pretrained: Text = None

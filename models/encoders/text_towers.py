@@ -210,14 +210,14 @@ def build_text_tower(cfg: dict[str, Any], out_dim: int, vocab: Vocabulary | None
         path = cfg.get("path")
         # A frozen model from an installed package loads from there (a slim checkpoint does not carry
         # its weights); otherwise a checkpoint's own files rebuild it and its state holds the weights.
-        if files and not (cfg.get("freeze", True) and _package_installed(path)):
+        if files and not (cfg.get("freeze", True) and package_installed(path)):
             path = None
         return SentenceTransformerTower(out_dim, path, None if path else files, cfg.get("freeze", True),
                                         cfg.get("max_length", 48), cfg.get("hidden_dim", 1024))
     raise ValueError(f"unknown text tower {kind!r}: expected 'gru', 'lstm' or 'sentence_transformer'")
 
 
-def _package_installed(path: str | None) -> bool:
+def package_installed(path: str | None) -> bool:
     import importlib.util
 
     return bool(path) and path.startswith("package:") and importlib.util.find_spec(path.split(":", 1)[1]) is not None

@@ -84,3 +84,24 @@ def gxn_dirs(app_dirs) -> dict:
                 index_dir=app_dirs["index_dir"], sessions=session_factory(app_dirs["url"]),
                 options=BuildOptions(progress=False, workers=0))
     return app_dirs
+
+
+DAN_TINY = {"image": {"pretrained": None}, "text": {"word_dim": 16},
+            "attention": {"steps": 2, "step_dim": 8, "hidden_dim": 8}}
+
+
+@pytest.fixture(scope="session")
+def dan_dirs(served_gallery, tmp_path_factory) -> dict:
+    """The served state plus an index "dan" served by a tiny (untrained) m-DAN encoder: two
+    attention steps over the 7 x 7 map of a random-weight EfficientNet-Lite0 at 224 px. Built once;
+    tests only read it."""
+    target = tmp_path_factory.mktemp("dan") / "state"
+    shutil.copytree(served_gallery["root"], target)
+    dirs = {"root": target, "url": f"sqlite:///{target / 'catalogue.db'}", "index_dir": target / "idx",
+            "gallery": target / "gallery", "checkpoint": served_gallery["checkpoint"]}
+    captions = [c for r in load_records(dirs["gallery"]) for c in r.captions]
+    dan = create_encoder("dan_lite0_gru", vocab=Vocabulary.build(captions), overrides=DAN_TINY)
+    build_index(gallery=str(dirs["gallery"]), encoder_spec=str(dan.save(target / "dan.pt")), name="dan",
+                index_dir=dirs["index_dir"], sessions=session_factory(dirs["url"]),
+                options=BuildOptions(progress=False, workers=0))
+    return dirs

@@ -310,3 +310,33 @@ def test_gxn_generated_caption_and_imagined_image_on_the_page(gxn_dirs, browser,
         user.context.close()
         instance.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_dan_attention_on_the_page_bold_words_and_a_heat_overlay(dan_dirs, browser, tmp_path, size):
+    url, instance, thread = _serve(make_settings(dan_dirs, default_index="dan"))
+    image = tmp_path / "query.png"
+    image.write_bytes(png_bytes((30, 60, 220), size=96))
+    user = Page(browser, size)
+    try:
+        user.page.goto(url + "/")
+        user.page.fill("#q", "a small red circle to the left")
+        user.page.keyboard.press("Enter")
+        user.page.wait_for_selector("#results p.attention span.attended")
+        words = user.page.locator("#results p.attention span.attended")
+        assert words.count() == 7 and user.page.locator("#results p.attention span.strong").count() >= 1
+        bold = user.page.eval_on_selector("#results p.attention span.strong", "s => getComputedStyle(s).fontWeight")
+        assert int(bold) >= 700
+        user.shot("dan-words")
+        user.page.goto(url + "/?mode=image")
+        user.page.set_input_files("#image-file", str(image))
+        overlay = user.page.wait_for_selector("#results figure.looked .heat")
+        assert user.page.locator("#results figure.looked .cells span").count() == 49
+        box, picture = overlay.bounding_box(), user.page.locator("#results figure.looked img").bounding_box()
+        assert box["width"] == picture["width"] > 100 and box["height"] == picture["height"]  # the grid covers it
+        user.shot("dan-heat")
+        user.assert_no_errors()
+    finally:
+        user.context.close()
+        instance.should_exit = True
+        thread.join(timeout=10)

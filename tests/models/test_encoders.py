@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 from models import CheckpointError, PretrainedUnavailableError, create_encoder, list_encoders, load_encoder
 from models.encoders.registry import get_encoder_config, needs_vocabulary
 from models.vocab import Vocabulary
+from tests.models.tiny_models import make_tiny_sentence_model
 
 CAPTIONS = ["a small red circle", "a large blue square to the left of a green star", "a yellow cross"]
 VOCAB = Vocabulary.build(CAPTIONS)
@@ -150,19 +150,7 @@ def test_checkpoint_errors(tmp_path):
 # --- sentence-transformers text tower, with a tiny model made here ---------------------------
 @pytest.fixture(scope="module")
 def tiny_sentence_model(tmp_path_factory) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny-st")
-    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted({w for c in CAPTIONS for w in c.split()})]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertTokenizerFast(str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64)
-    BertModel(config).save_pretrained(folder)
-    (folder / "1_Pooling").mkdir()
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
-    return folder
+    return make_tiny_sentence_model(tmp_path_factory.mktemp("tiny-st"), (w for c in CAPTIONS for w in c.split()))
 
 
 @pytest.mark.parametrize("freeze", [True, False])
