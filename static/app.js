@@ -5,6 +5,9 @@
 const PAGE = 24;
 const state = { mode: "text", page: null, offset: 0, upload: null, best: null };
 const $ = (selector) => document.querySelector(selector);
+// The served index this page was opened on (?index=): every request and shared URL keeps it.
+const INDEX = new URLSearchParams(location.search).get("index");
+const indexParam = INDEX ? `&index=${encodeURIComponent(INDEX)}` : "";
 
 function setStatus(message, isError = false) {
   $("#status").innerHTML = message ? `<p class="${isError ? "error" : ""}">${escapeHtml(message)}</p>` : "";
@@ -110,6 +113,7 @@ async function request(url, options) {
 
 function imageForm(fileOrNull, id) {
   const form = new FormData();
+  if (INDEX) form.append("index", INDEX);
   if (fileOrNull) form.append("file", fileOrNull);
   else if (id) form.append("image_id", id);
   return form;
@@ -124,15 +128,15 @@ const queries = {
   text() {
     const q = $("#q").value.trim();
     if (!q) throw new Error("Type what you are looking for.");
-    return { url: `?mode=text&q=${encodeURIComponent(q)}`,
-             fetch: (offset) => request(`/api/search/text?q=${encodeURIComponent(q)}&k=${PAGE}&offset=${offset}`
+    return { url: `?mode=text&q=${encodeURIComponent(q)}${indexParam}`,
+             fetch: (offset) => request(`/api/search/text?q=${encodeURIComponent(q)}&k=${PAGE}&offset=${offset}${indexParam}`
                                         + (attends() && !offset ? "&attention=true" : "")) };
   },
   image() {
     const id = $("#image-id").value;
     if (!state.upload && !id) throw new Error("Choose or drop an image, or give a gallery image id.");
     const upload = state.upload;
-    return { url: upload ? null : `?mode=image&id=${id}`,
+    return { url: upload ? null : `?mode=image&id=${id}${indexParam}`,
              fetch: (offset) => { const form = imageForm(upload, id); form.append("k", PAGE); form.append("offset", offset);
                                   if (attends() && !offset) form.append("attention", "true");
                                   return request("/api/search/image", { method: "POST", body: form }); } };
@@ -143,7 +147,7 @@ const queries = {
     if (!minus.length && !plus.length) throw new Error("Add at least one − word or + word.");
     const upload = state.upload;
     const wordParams = [...minus.map((w) => `&minus=${encodeURIComponent(w)}`), ...plus.map((w) => `&plus=${encodeURIComponent(w)}`)].join("");
-    return { url: upload ? null : `?mode=arith&id=${id}${wordParams}`,
+    return { url: upload ? null : `?mode=arith&id=${id}${wordParams}${indexParam}`,
              fetch: (offset) => { const form = imageForm(upload, id);
                                   minus.forEach((w) => form.append("minus", w)); plus.forEach((w) => form.append("plus", w));
                                   form.append("k", PAGE); form.append("offset", offset);
@@ -257,7 +261,7 @@ document.addEventListener("DOMContentLoaded", () => {
       clearResults();
       setStatus("");
       state.page = null;
-      history.pushState({}, "", `?mode=${link.dataset.mode}`);
+      history.pushState({}, "", `?mode=${link.dataset.mode}${indexParam}`);
     });
   }
   for (const [formId, mode] of [["#text-form", "text"], ["#image-form", "image"], ["#arith-form", "arith"]]) {

@@ -177,7 +177,8 @@ class SearchService:
             query = self.text_vector(served, text)
         if attention:
             with clock.stage("attention"):
-                query.attention = self._attention(served, query, lambda: self._text_attention(served, text))
+                query.attention = self._attention(served, query,
+                                                  lambda: self._text_attention(served, self.check_text(text)))
         response = self._respond(served, clock, f"text->{target}", target, query, k, offset, cutoff)
         if target == "image" and served.encoder.imagines_texts:
             # A link, not the picture: the page fetches it beside the results, a client that
@@ -197,7 +198,7 @@ class SearchService:
             vector = QueryVector(self.image_vector(served, query))
         if attention:
             with clock.stage("attention"):
-                vector.attention = self._attention(served, vector, lambda: self._image_attention(served, query))
+                vector.attention = self._attention(served, vector, lambda: self._image_attention(served, query, vector))
         generated = None
         if target == "caption" and served.encoder.describes_images:
             with clock.stage("describe"):
@@ -239,8 +240,13 @@ class SearchService:
         entry = served.encoder.text_attention([text])[0]
         return QueryAttention(words=entry["words"], word_weights=_rounded(entry["weights"]))
 
-    def _image_attention(self, served: Served, query: QueryImage) -> QueryAttention:
-        grid = served.encoder.image_attention([self.query_pixels(query)])[0]
+    def _image_attention(self, served: Served, query: QueryImage, vector: QueryVector) -> QueryAttention | None:
+        try:
+            pixels = self.query_pixels(query)
+        except NotFound as error:  # the file is gone, its vector is not: still answer
+            vector.warnings.append(f"no attention map: {error.message}")
+            return None
+        grid = served.encoder.image_attention([pixels])[0]
         return QueryAttention(region_weights=_rounded(grid.tolist()))
 
     def query_pixels(self, query: QueryImage) -> Image.Image:

@@ -21,8 +21,9 @@ so an image's vectors depend on the image alone and a text's on the text alone. 
 
 is the inner product of e(x) = [x(0)/|x(0)|; ...; x(K)/|x(K)|] / sqrt(K+1), a unit vector of
 (K+1) * step_dim numbers: the index stores e(image), a query is e(text), and faiss ranks by S.
-The paper sums raw products v(k) . u(k); each step here is normalised (every step counts alike
-and e is unit length) and the sum is divided by the constant K+1, which ranks the same.
+The paper sums raw products v(k) . u(k). Here each step is a cosine, a change to the model (every
+step counts alike, whatever its vectors' lengths, and e is unit length); dividing the sum by the
+constant K+1 then changes no ranking.
 
 Loss: the bidirectional ranking loss on S (hardest negative as VSE++; the sum of hinges or
 InfoNCE as options). K = 0 is the average-pooled baseline (`attention.steps`).

@@ -67,7 +67,10 @@ class SentenceTokenTower(SentenceTransformerTower):
 
     def __init__(self, out_dim: int, path: str | None = None, files: dict[str, str] | None = None,
                  max_length: int = 48, hidden_dim: int = 1024):
-        super().__init__(out_dim, path, files, freeze=True, max_length=max_length, hidden_dim=hidden_dim)
+        # A text's states are ~10 KB: a server keeps the last 10,000 texts; training's precompute
+        # raises the cap to hold every caption.
+        super().__init__(out_dim, path, files, freeze=True, max_length=max_length, hidden_dim=hidden_dim,
+                         cache_size=10_000)
         self._tokens: dict[str, torch.Tensor] = {}
 
     def token_features(self, texts: list[str]) -> list[torch.Tensor]:
@@ -87,6 +90,9 @@ class SentenceTokenTower(SentenceTransformerTower):
         if not texts:
             return self.head[-1].weight.new_zeros(0, 1, self.head[-1].out_features), torch.zeros(0, 1, dtype=torch.bool)
         missing = [t for t in dict.fromkeys(texts) if t not in self._tokens]
+        if len(self._tokens) + len(missing) > self.cache_size:
+            self._tokens.clear()
+            missing = list(dict.fromkeys(texts))
         for start in range(0, len(missing), 128):
             chunk = missing[start:start + 128]
             self._tokens.update(zip(chunk, self.token_features(chunk), strict=True))
@@ -120,6 +126,7 @@ class SentenceTokenTower(SentenceTransformerTower):
             if cache_file is not None and rows:
                 atomic_torch_save({"states": torch.cat(rows), "lengths": torch.tensor([len(r) for r in rows])},
                                   cache_file)
+        self.cache_size = max(self.cache_size, len(self._tokens) + len(unique) + 10_000)
         self._tokens.update(zip(unique, rows, strict=True))
 
     def pieces(self, text: str) -> list[str]:

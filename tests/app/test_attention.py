@@ -66,3 +66,26 @@ def test_the_page_shows_bold_words_and_a_heat_grid(dan_client):
     page = dan_client.get("/", params={"mode": "image", "id": first}).text
     assert '<figure class="looked">' in page and f'<img src="/images/{first}/thumb"' in page
     assert page.count('<span style="--share:') == 49
+
+
+def test_an_image_whose_file_is_gone_still_answers_with_a_warning(dan_dirs, tmp_path):
+    import shutil
+
+    from sqlalchemy import update
+
+    from indexer.catalogue import ImageRow
+    from indexer.db import session_factory
+
+    state = tmp_path / "state"  # a private copy: this test changes the catalogue
+    shutil.copytree(dan_dirs["root"], state)
+    dirs = {**dan_dirs, "url": f"sqlite:///{state / 'catalogue.db'}", "index_dir": state / "idx"}
+    with TestClient(create_app(make_settings(dirs, default_index="dan"))) as client:
+        image_id = client.get("/api/search/text", params={"q": "a shape", "k": 1}).json()["results"][0]["id"]
+        with session_factory(dirs["url"])() as session:  # the file moved away after indexing
+            session.execute(update(ImageRow).where(ImageRow.id == image_id).values(
+                file_path=str(tmp_path / "moved-away.png")))
+            session.commit()
+        body = client.get("/api/search/image", params={"image_id": image_id, "attention": True})
+    assert body.status_code == 200 and body.json()["results"]
+    assert "query_attention" not in body.json()
+    assert any(w.startswith("no attention map:") and "can no longer be read" in w for w in body.json()["warnings"])

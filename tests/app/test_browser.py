@@ -314,12 +314,12 @@ def test_gxn_generated_caption_and_imagined_image_on_the_page(gxn_dirs, browser,
 
 @pytest.mark.parametrize("size", list(SIZES))
 def test_dan_attention_on_the_page_bold_words_and_a_heat_overlay(dan_dirs, browser, tmp_path, size):
-    url, instance, thread = _serve(make_settings(dan_dirs, default_index="dan"))
+    url, instance, thread = _serve(make_settings(dan_dirs))  # the default index is "tiny": DAN by ?index=
     image = tmp_path / "query.png"
     image.write_bytes(png_bytes((30, 60, 220), size=96))
     user = Page(browser, size)
     try:
-        user.page.goto(url + "/")
+        user.page.goto(url + "/?index=dan")
         user.page.fill("#q", "a small red circle to the left")
         user.page.keyboard.press("Enter")
         user.page.wait_for_selector("#results p.attention span.attended")
@@ -327,8 +327,9 @@ def test_dan_attention_on_the_page_bold_words_and_a_heat_overlay(dan_dirs, brows
         assert words.count() == 7 and user.page.locator("#results p.attention span.strong").count() >= 1
         bold = user.page.eval_on_selector("#results p.attention span.strong", "s => getComputedStyle(s).fontWeight")
         assert int(bold) >= 700
+        assert "index=dan" in user.page.url  # the shared URL keeps the index
         user.shot("dan-words")
-        user.page.goto(url + "/?mode=image")
+        user.page.goto(url + "/?mode=image&index=dan")
         user.page.set_input_files("#image-file", str(image))
         overlay = user.page.wait_for_selector("#results figure.looked .heat")
         assert user.page.locator("#results figure.looked .cells span").count() == 49
