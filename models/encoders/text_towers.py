@@ -148,15 +148,20 @@ class SentenceTransformerTower(nn.Module):
             return self.head[-1].weight.new_zeros((0, self.head[-1].out_features))
         if not self.freeze:
             return self.head(self.sentence_features(texts))
+        device = self.head[0].weight.device
+        return self.head(self.frozen_features(texts).to(device))
+
+    def frozen_features(self, texts: list[str]) -> torch.Tensor:
+        """The frozen transformer's pooled features of `texts` (N, width), on the CPU, memoised."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if len(self._cache) + len(missing) > self.cache_size:
+            self._cache.clear()  # and every text of this call is computed afresh
+            missing = list(dict.fromkeys(texts))
         if missing:
             with torch.no_grad():
                 features = self.sentence_features(missing).detach().cpu()
-            if len(self._cache) + len(missing) > self.cache_size:
-                self._cache.clear()
             self._cache.update(zip(missing, features, strict=True))
-        device = self.head[0].weight.device
-        return self.head(torch.stack([self._cache[t] for t in texts]).to(device))
+        return torch.stack([self._cache[t] for t in texts])
 
     def precompute(self, texts: list[str], cache_dir: Path | None, progress: bool = True,
                    batch_size: int = 128) -> None:

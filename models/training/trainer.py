@@ -64,9 +64,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     device = config.resolved_device()
     encoder = load_encoder(out_dir / LAST_CHECKPOINT) if state else _new_encoder(config, records)
     encoder.to(device).train()
-    train_split, val_split = _decode_splits(config, records, encoder.image_size, progress)
-    train_split, val_split = _with_cached_features(encoder, train_split, val_split, config, progress)
-    _precompute_frozen_text(encoder, [train_split, val_split], config, progress)
+    train_split, val_split = decode_splits(config, records, encoder.image_size, progress)
+    train_split, val_split = with_cached_features(encoder, train_split, val_split, config, progress)
+    precompute_frozen_text(encoder, [train_split, val_split], config, progress)
     encoder.attach_training_records(train_split.records)
     optimizer = torch.optim.AdamW(_parameter_groups(encoder, config.lr), lr=config.lr,
                                   weight_decay=config.weight_decay)
@@ -169,7 +169,7 @@ def _warm_start(config: TrainConfig, train_records: list[ImageRecord]) -> Encode
     return encoder
 
 
-def _decode_splits(config: TrainConfig, records: list[ImageRecord], image_size: int, progress: bool
+def decode_splits(config: TrainConfig, records: list[ImageRecord], image_size: int, progress: bool
                    ) -> tuple[DecodedSplit, DecodedSplit]:
     cache = Path(config.cache_dir) if config.cache_dir else None
     train_size = image_size + image_size // 8 if config.augment else image_size
@@ -186,7 +186,7 @@ def _decode_splits(config: TrainConfig, records: list[ImageRecord], image_size: 
     return train_split, val_split
 
 
-def _with_cached_features(encoder: Encoder, train_split: DecodedSplit, val_split: DecodedSplit,
+def with_cached_features(encoder: Encoder, train_split: DecodedSplit, val_split: DecodedSplit,
                           config: TrainConfig, progress: bool) -> tuple[DecodedSplit, DecodedSplit]:
     """For a frozen image backbone: both splits with their pixels replaced by backbone features
     computed once (several views per training image, the centre view for validation)."""
@@ -204,7 +204,7 @@ def _with_cached_features(encoder: Encoder, train_split: DecodedSplit, val_split
     return feature_split(train_split, train, thumbnail, size), feature_split(val_split, val, thumbnail, size)
 
 
-def _precompute_frozen_text(encoder: Encoder, splits: list[DecodedSplit], config: TrainConfig,
+def precompute_frozen_text(encoder: Encoder, splits: list[DecodedSplit], config: TrainConfig,
                             progress: bool) -> None:
     """A frozen sentence encoder's features of every caption, computed once (cached on disk)."""
     captions = [c for split in splits for c in split.pairs.captions]
@@ -334,7 +334,7 @@ def _check_finite(loss: torch.Tensor, epoch: int, step: int) -> None:
 
 def _augment(pixels: torch.Tensor, size: int, config: TrainConfig) -> torch.Tensor:
     """Random size x size crops (per image) and, if enabled, horizontal flips, on uint8 pixels.
-    Without augmentation the split is decoded at `size` already (see `_decode_splits`)."""
+    Without augmentation the split is decoded at `size` already (see `decode_splits`)."""
     if pixels.shape[-1] == size:
         return pixels
     slack = pixels.shape[-1] - size
