@@ -95,3 +95,14 @@ def test_training_makes_pairs_nearer_than_strangers_and_balances_bits():
     assert np.mean(ranks < 5) > 0.8  # its own caption among the 5 nearest codes for most images
     first, last = heads.history[0], heads.history[-1]
     assert last["balance"] < 0.3 and last["image_objective"] < first["image_objective"]
+
+
+def test_weighted_likelihood_gives_similar_and_dissimilar_pairs_equal_weight():
+    image = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    text = torch.tensor([[1.0, 1.0], [0.0, -2.0]])
+    similar = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # one similar pair of four
+    theta = [[1.0, 0.0], [1.0, -2.0]]
+    labels = similar.tolist()
+    costs = [[math.log1p(math.exp(theta[i][j])) - labels[i][j] * theta[i][j] for j in range(2)] for i in range(2)]
+    expected = 2.0 * costs[0][0] + (2.0 / 3.0) * (costs[0][1] + costs[1][0] + costs[1][1])  # 4/(2*1), 4/(2*3)
+    assert float(pair_log_likelihood(image, text, similar, weighted=True)) == pytest.approx(expected, rel=1e-6)
