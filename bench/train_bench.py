@@ -64,6 +64,7 @@ SUITES = {
         ("DAN K=1, MiniLM", "configs/flickr8k_dan_lite0_minilm_k1.toml"),
         ("DAN K=2, MiniLM", "configs/flickr8k_dan_lite0_minilm.toml"),
         ("DAN K=2, GRU", "configs/flickr8k_dan_lite0_gru.toml"),
+        ("DAN K=2, MiniLM, region dropout 0.3", "configs/flickr8k_dan_lite0_minilm_dropout.toml"),
     ],
     "synthetic": [
         ("VSE, GRU", "configs/synthetic_vse.toml"),

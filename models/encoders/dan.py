@@ -139,6 +139,8 @@ class DAN(Encoder):
                              f"got {config['embed_dim']} (leave it out)")
         super().__init__(name, {**config, "embed_dim": served})
         self.image_tower = BackboneTower(config.get("image", {}), output="map")
+        # Dropout on the region features (training only), as VSE's image.dropout on pooled ones.
+        self.region_dropout = nn.Dropout(float(config.get("image", {}).get("dropout", 0.0)))
         hidden = int(attention.get("hidden_dim", 512))
         self.visual = VisualAttention(self.image_tower.feature_dim, step_dim, hidden, self.steps)
         self.text_tower = build_token_tower(config.get("text", {}), step_dim, vocab, extra)
@@ -150,7 +152,7 @@ class DAN(Encoder):
     def image_steps(self, images: torch.Tensor | BackboneFeatures) -> tuple[list[torch.Tensor], torch.Tensor]:
         """v(0..K) and the visual attention (B, K, H, W) over the map's cells."""
         grid = self.image_tower.features(images)
-        outputs, weights = self.visual(grid.flatten(2).transpose(1, 2))
+        outputs, weights = self.visual(self.region_dropout(grid.flatten(2).transpose(1, 2)))
         return outputs, weights.view(len(grid), self.steps, *grid.shape[-2:])
 
     def text_steps(self, texts: list[str]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
