@@ -211,15 +211,21 @@ def build_text_tower(cfg: dict[str, Any], out_dim: int, vocab: Vocabulary | None
         return RNNTextTower(vocab, out_dim, cfg.get("word_dim", 300), cfg.get("hidden_dim"), kind,
                             cfg.get("layers", 1), cfg.get("max_length", 32))
     if kind == "sentence_transformer":
-        files = (extra or {}).get("text_files")
-        path = cfg.get("path")
-        # A frozen model from an installed package loads from there (a slim checkpoint does not carry
-        # its weights); otherwise a checkpoint's own files rebuild it and its state holds the weights.
-        if files and not (cfg.get("freeze", True) and package_installed(path)):
-            path = None
-        return SentenceTransformerTower(out_dim, path, None if path else files, cfg.get("freeze", True),
+        path, files = sentence_model_source(cfg, extra)
+        return SentenceTransformerTower(out_dim, path, files, cfg.get("freeze", True),
                                         cfg.get("max_length", 48), cfg.get("hidden_dim", 1024))
     raise ValueError(f"unknown text tower {kind!r}: expected 'gru', 'lstm' or 'sentence_transformer'")
+
+
+def sentence_model_source(cfg: dict[str, Any], extra: dict[str, Any] | None) -> tuple[str | None, dict | None]:
+    """(path, files) to build a sentence-transformers tower from: a frozen model from an installed
+    package loads from there (a slim checkpoint does not carry its weights); otherwise a
+    checkpoint's own files rebuild it and its state holds the weights; a new tower reads `path`."""
+    files = (extra or {}).get("text_files")
+    path = cfg.get("path")
+    if files and not (cfg.get("freeze", True) and package_installed(path)):
+        return None, files
+    return path, None
 
 
 def package_installed(path: str | None) -> bool:

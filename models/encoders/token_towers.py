@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence, pad_sequence
 
-from models.encoders.text_towers import SentenceTransformerTower, package_installed
+from models.encoders.text_towers import SentenceTransformerTower, sentence_model_source
 from models.vocab import Vocabulary, tokenize
 
 
@@ -160,12 +160,7 @@ def build_token_tower(cfg: dict[str, Any], out_dim: int, vocab: Vocabulary | Non
     if kind == "sentence_transformer":
         if not cfg.get("freeze", True):
             raise ValueError("text.freeze = false: word states come from a frozen sentence transformer only")
-        files = (extra or {}).get("text_files")
-        path = cfg.get("path")
-        if files and package_installed(path):
-            files = None  # the frozen weights load from their package (a slim checkpoint lacks them)
-        elif files:
-            path = None  # the checkpoint's own files rebuild it and its state holds the weights
+        path, files = sentence_model_source(cfg, extra)
         return SentenceTokenTower(out_dim, path, files, cfg.get("max_length", 48), cfg.get("hidden_dim", 1024))
     raise ValueError(f"unknown text tower {kind!r}: expected 'gru', 'lstm' or 'sentence_transformer'")
 
