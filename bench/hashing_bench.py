@@ -121,6 +121,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--gamma", type=float, default=1.0)
     parser.add_argument("--eta", type=float, default=1.0)
+    parser.add_argument("--alpha", type=float,
+                        help="Theta = alpha / bits * F.G (HashNet's scaling) instead of DCMH's F.G / 2")
     parser.add_argument("--unweighted", action="store_true", help="DCMH's plain likelihood (no pair weighting)")
     parser.add_argument("--one-caption", action="store_true",
                         help="one random caption per training photo (6,000 items, 5x faster) instead of all")
@@ -143,7 +145,8 @@ def main() -> None:
     image_rows = views[train_owners, torch.randint(views.shape[1], (len(train_owners),))]
     results = {"data": str(args.data), "towers": TOWERS, "train_items": len(train_owners),
                "val_images": len(features["val_images"]), "val_captions": len(owners), "epochs": args.epochs,
-               "gamma": args.gamma, "eta": args.eta, "weighted": not args.unweighted, "rows": []}
+               "gamma": args.gamma, "eta": args.eta, "weighted": not args.unweighted, "alpha": args.alpha,
+               "one_caption": args.one_caption, "rows": []}
     cosine = None
     if args.float_checkpoint:
         model = load_encoder(args.float_checkpoint)
@@ -155,7 +158,8 @@ def main() -> None:
     for bits in [int(b) for b in args.bits.split(",")]:
         started = time.perf_counter()
         config = DCMHConfig(bits=bits, epochs=args.epochs, gamma=args.gamma, eta=args.eta,
-                            weighted=not args.unweighted)
+                            weighted=not args.unweighted,
+                            theta_scale=0.5 if args.alpha is None else args.alpha / bits)
         heads = train_dcmh(standardise(image_rows, image_rows), standardise(text_rows, text_rows), train_owners,
                            config)
         row = {"codes": f"DCMH {bits} bits", "bits": bits, "bytes": bits // 8,

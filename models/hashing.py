@@ -28,13 +28,14 @@ from tqdm import tqdm
 
 
 def pair_log_likelihood(image_out: torch.Tensor, text_out: torch.Tensor, similar: torch.Tensor,
-                        weighted: bool = False) -> torch.Tensor:
+                        weighted: bool = False, scale: float = 0.5) -> torch.Tensor:
     """-sum_ij w_ij [S_ij Theta_ij - log(1 + e^Theta_ij)], Theta = F G^T / 2 (softplus keeps it
     stable). w = 1 is DCMH's. `weighted` gives the similar and the dissimilar pairs equal total
     weight (w = pairs / (2 similar pairs) or pairs / (2 dissimilar pairs), HashNet's remedy): with
     one photo's captions similar among thousands, the unweighted sum is won by making every pair
-    dissimilar, which constant codes do."""
-    theta = 0.5 * image_out @ text_out.t()
+    dissimilar, which constant codes do. `scale` replaces DCMH's 1/2 in Theta (HashNet's alpha:
+    smaller keeps the sigmoid from saturating at long codes)."""
+    theta = scale * image_out @ text_out.t()
     terms = similar * theta - F.softplus(theta)
     if weighted:
         positives = similar.sum().clamp_min(1.0)
@@ -95,6 +96,7 @@ class DCMHConfig:
     lr: float = 1e-3
     hidden: int = 1024
     weighted: bool = False  # equal weight to the similar and the dissimilar pairs (see pair_log_likelihood)
+    theta_scale: float = 0.5  # Theta = theta_scale * F . G (DCMH: 1/2)
     seed: int = 0
 
 
@@ -151,7 +153,7 @@ def _train_side(head: HashingHead, optimizer: torch.optim.Optimizer, features: t
         out = head(features[batch])
         similar = (groups[batch, None] == groups[None, :]).float()
         others_sum = own_out.sum(dim=0) - own_out[batch].sum(dim=0)
-        objective = (pair_log_likelihood(out, other_out, similar, config.weighted)
+        objective = (pair_log_likelihood(out, other_out, similar, config.weighted, config.theta_scale)
                      + config.gamma * quantisation(codes[batch], out)
                      + config.eta / n * (out.sum(dim=0) + others_sum).pow(2).sum())
         optimizer.zero_grad()
