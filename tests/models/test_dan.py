@@ -162,3 +162,12 @@ def test_a_tiny_training_run(scenes, tmp_path):
     assert len(history) == 2 and all(h["val"]["rsum"] > 0 for h in history)
     encoder = load_encoder(result.best_checkpoint)
     assert encoder.family == "dan" and encoder.attends
+
+
+def test_region_dropout_acts_in_training_only():
+    encoder = _dan(1, image={"pretrained": None, "dropout": 0.5})
+    pixels = encoder.prepare_images(_images())
+    with torch.no_grad():
+        assert torch.equal(encoder.image_embedding(pixels), encoder.image_embedding(pixels))
+        encoder.train()
+        assert not torch.equal(encoder.image_embedding(pixels), encoder.image_embedding(pixels))
