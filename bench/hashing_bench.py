@@ -12,7 +12,8 @@ photo), items of one photo are similar, and the likelihood weighs the similar an
 pairs equally (`--unweighted`: DCMH's plain sum; `models/hashing.py`). At each code length the
 bench reports, both ways over the 1,000 val images and their 5,000 captions:
 
-- MAP of Hamming ranking (DCMH's measure; relevant = the photo's own captions, or its photo),
+- MAP of Hamming ranking (DCMH's measure; relevant = the photo's own captions, or its photo;
+  equal distances keep database order, as do the re-ranking's top 100),
 - precision within Hamming radius 2 (hash lookup; 0 for a query whose ball is empty),
 - R@1/5/10 and rsum by Hamming distance (ties count against the query, as the float evaluation's
   do), and with the top 100 by Hamming re-ranked by the float model's cosine (the float row's MAP

@@ -9,11 +9,11 @@ DCMH minimises
         + gamma (|B - F|^2 + |B - G|^2)                         quantisation: F, G near the codes
         + eta / n (|F^T 1|^2 + |G^T 1|^2)                       bit balance: each bit +1 half the time
 
-(the balance term is divided by the n training items here, so that one eta serves any training-set
-size: its gradient per item is 2 eta/n times a bit's sum over all items) over the heads and the
-codes B in {-1, +1}, alternately: the image head with G fixed, the text
+over the heads and the codes B in {-1, +1}, alternately: the image head with G fixed, the text
 head with F fixed, then B = sign(F + G), the minimiser of the quantisation term. A query's code is
-the sign of its head's output.
+the sign of its head's output. The balance term is divided by the n training items here, a
+choice: it makes the balance n times weaker than DCMH's eta, and on Flickr8k the codes still come
+out balanced (a bit's mean over the items is 0.01-0.03 from 0 on average).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def _train_side(head: HashingHead, optimizer: torch.optim.Optimizer, features: t
     """One pass of one head over the items in mini-batches, the other side's outputs fixed; its own
     stored outputs (for the balance term over all items) are refreshed batch by batch."""
     head.train()
-    total, n = 0.0, len(features)
+    total, n = 0.0, len(features)  # the pass's likelihood + quantisation; the balance term once, below
     for batch in torch.randperm(n).split(config.batch_size):
         out = head(features[batch])
         similar = (groups[batch, None] == groups[None, :]).float()
@@ -160,5 +160,6 @@ def _train_side(head: HashingHead, optimizer: torch.optim.Optimizer, features: t
         (objective / len(batch)).backward()
         optimizer.step()
         own_out[batch] = out.detach()
-        total += float(objective.detach())
-    return total / n
+        with torch.no_grad():
+            total += float(objective - config.eta / n * (out.sum(dim=0) + others_sum).pow(2).sum())
+    return (total + config.eta / n * float(bit_balance(own_out))) / n
