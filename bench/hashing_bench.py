@@ -40,7 +40,13 @@ sys.path.insert(0, str(ROOT))
 
 from models import create_encoder, load_encoder  # noqa: E402
 from models.data import load_records  # noqa: E402
-from models.evaluation import encode_pairs, metrics_from_similarity, recall_metrics  # noqa: E402
+from models.evaluation import (  # noqa: E402
+    encode_pairs,
+    mean_average_precision,
+    metrics_from_similarity,
+    precision_within_radius,
+    recall_metrics,
+)
 from models.hashing import DCMHConfig, hamming_distances, train_dcmh  # noqa: E402
 from models.training import TrainConfig  # noqa: E402
 from models.training.trainer import decode_splits, precompute_frozen_text, with_cached_features  # noqa: E402
@@ -68,22 +74,6 @@ def standardise(features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
     """Each feature to zero mean and unit variance over the training rows (raw Lite0 features are
     on a scale that saturates the heads' likelihood at once)."""
     return (features - reference.mean(dim=0)) / (reference.std(dim=0) + 1e-6)
-
-
-def mean_average_precision(distances: np.ndarray, relevant: np.ndarray) -> float:
-    """MAP of ranking each query's database by Hamming distance (ties in database order)."""
-    order = np.argsort(distances, axis=1, kind="stable")
-    hits = np.take_along_axis(relevant, order, axis=1)
-    cumulative = np.cumsum(hits, axis=1)
-    ranks = np.arange(1, hits.shape[1] + 1)
-    precision_at_hits = (cumulative / ranks) * hits
-    return float(np.mean(precision_at_hits.sum(axis=1) / np.maximum(hits.sum(axis=1), 1)))
-
-
-def precision_within_radius(distances: np.ndarray, relevant: np.ndarray, radius: int = 2) -> float:
-    inside = distances <= radius
-    found = inside.sum(axis=1)
-    return float(np.mean(np.where(found > 0, (inside & relevant).sum(axis=1) / np.maximum(found, 1), 0.0)))
 
 
 def reranked_similarity(hamming: np.ndarray, cosine: np.ndarray, top: int) -> np.ndarray:

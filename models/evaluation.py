@@ -153,3 +153,22 @@ def evaluate_encoder(encoder: Encoder, split: DecodedSplit, batch_size: int = 25
     """Encode a `DecodedSplit` and score it."""
     image_emb, text_emb = encode_pairs(encoder, split.pixels, split.pairs.captions, batch_size, progress)
     return recall_metrics(image_emb, text_emb, split.pairs.caption_to_image)
+
+
+def mean_average_precision(distances: np.ndarray, relevant: np.ndarray) -> float:
+    """MAP of ranking each query's database (a row) by ascending distance, ties in database order;
+    `relevant` (queries x database) marks the right answers. A query with none scores 0."""
+    order = np.argsort(distances, axis=1, kind="stable")
+    hits = np.take_along_axis(relevant, order, axis=1)
+    cumulative = np.cumsum(hits, axis=1)
+    ranks = np.arange(1, hits.shape[1] + 1)
+    precision_at_hits = (cumulative / ranks) * hits
+    return float(np.mean(precision_at_hits.sum(axis=1) / np.maximum(hits.sum(axis=1), 1)))
+
+
+def precision_within_radius(distances: np.ndarray, relevant: np.ndarray, radius: int = 2) -> float:
+    """Hash lookup: the share of right answers among the items within `radius` of each query,
+    averaged over queries; a query with an empty ball scores 0."""
+    inside = distances <= radius
+    found = inside.sum(axis=1)
+    return float(np.mean(np.where(found > 0, (inside & relevant).sum(axis=1) / np.maximum(found, 1), 0.0)))

@@ -1,10 +1,17 @@
-"""Recall@K on hand-built similarity matrices with known ranks."""
+"""Recall@K on hand-built similarity matrices with known ranks; MAP and precision within a radius
+on hand-worked distance matrices."""
 
 import numpy as np
 import pytest
 import torch
 
-from models.evaluation import metrics_from_similarity, recall_metrics, retrieval_ranks
+from models.evaluation import (
+    mean_average_precision,
+    metrics_from_similarity,
+    precision_within_radius,
+    recall_metrics,
+    retrieval_ranks,
+)
 
 
 def test_perfect_retrieval():
@@ -100,3 +107,19 @@ def test_median_rank_with_an_even_count_is_floored():
     sims = np.array([[0.9, 0.95], [0.1, 0.9]])
     m = metrics_from_similarity(sims, [0, 1])
     assert m.t2i_meanr == 1.5 and m.t2i_medr == 1
+
+
+def test_mean_average_precision_on_a_hand_worked_ranking():
+    distances = np.array([[0, 3, 1, 2], [5, 5, 1, 0]])
+    relevant = np.array([[False, True, True, False], [True, False, False, False]])
+    # query 0 ranks items 0, 2, 3, 1: hits at ranks 2 and 4 -> AP = (1/2 + 2/4) / 2 = 0.5
+    # query 1 ranks 3, 2, 0, 1 (the tie 0/1 in database order): hit at rank 3 -> AP = 1/3
+    assert mean_average_precision(distances, relevant) == pytest.approx((0.5 + 1 / 3) / 2)
+    assert mean_average_precision(distances, np.zeros_like(relevant)) == 0.0
+
+
+def test_precision_within_radius_counts_an_empty_ball_as_zero():
+    distances = np.array([[0, 2, 3], [5, 4, 3], [1, 1, 9]])
+    relevant = np.array([[True, False, False], [True, True, True], [False, True, False]])
+    # query 0: {0, 1} within 2, one right -> 1/2; query 1: empty -> 0; query 2: {0, 1}, one right -> 1/2
+    assert precision_within_radius(distances, relevant, radius=2) == pytest.approx((0.5 + 0 + 0.5) / 3)
