@@ -153,13 +153,12 @@ def _train_side(head: HashingHead, optimizer: torch.optim.Optimizer, features: t
         out = head(features[batch])
         similar = (groups[batch, None] == groups[None, :]).float()
         others_sum = own_out.sum(dim=0) - own_out[batch].sum(dim=0)
-        objective = (pair_log_likelihood(out, other_out, similar, config.weighted, config.theta_scale)
-                     + config.gamma * quantisation(codes[batch], out)
-                     + config.eta / n * (out.sum(dim=0) + others_sum).pow(2).sum())
+        fit = (pair_log_likelihood(out, other_out, similar, config.weighted, config.theta_scale)
+               + config.gamma * quantisation(codes[batch], out))
+        balance = config.eta / n * (out.sum(dim=0) + others_sum).pow(2).sum()  # over all items, this batch new
         optimizer.zero_grad()
-        (objective / len(batch)).backward()
+        ((fit + balance) / len(batch)).backward()
         optimizer.step()
         own_out[batch] = out.detach()
-        with torch.no_grad():
-            total += float(objective - config.eta / n * (out.sum(dim=0) + others_sum).pow(2).sum())
+        total += float(fit.detach())
     return (total + config.eta / n * float(bit_balance(own_out))) / n

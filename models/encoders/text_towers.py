@@ -4,6 +4,7 @@ model loaded from a local directory, frozen or fine-tuned.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,32 +154,48 @@ class SentenceTransformerTower(nn.Module):
 
     def frozen_features(self, texts: list[str]) -> torch.Tensor:
         """The frozen transformer's pooled features of `texts` (N, width), on the CPU, memoised."""
+        return torch.stack(self.memoised(texts, lambda missing: self.sentence_features(missing).cpu()))
+
+    def memoised(self, texts: list[str], compute: Callable[[list[str]], Sequence[torch.Tensor]]
+                 ) -> list[torch.Tensor]:
+        """Each text's memoised frozen features; `compute` (texts -> one row each) fills in the
+        missing ones. A memo that would outgrow `cache_size` is cleared first, and then every text
+        of this call is computed afresh."""
         missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
         if len(self._cache) + len(missing) > self.cache_size:
-            self._cache.clear()  # and every text of this call is computed afresh
+            self._cache.clear()
             missing = list(dict.fromkeys(texts))
         if missing:
             with torch.no_grad():
-                features = self.sentence_features(missing).detach().cpu()
-            self._cache.update(zip(missing, features, strict=True))
-        return torch.stack([self._cache[t] for t in texts])
+                self._cache.update(zip(missing, compute(missing), strict=True))
+        return [self._cache[t] for t in texts]
+
+    def memo_file(self, kind: str, key: str, texts: list[str], cache_dir: Path | None) -> Path | None:
+        """Where precomputed features of `texts` are kept on disk (`kind`-DIGEST.pt in `cache_dir`),
+        keyed by `key`, the texts and the transformer's weights; None without a cache folder."""
+        import hashlib
+
+        from models.io import digest_weights
+
+        if cache_dir is None:
+            return None
+        digest = hashlib.sha256(key.encode())
+        digest.update("\0".join(texts).encode())
+        digest_weights(digest, self.transformer)
+        return Path(cache_dir) / f"{kind}-{digest.hexdigest()[:20]}.pt"
 
     def precompute(self, texts: list[str], cache_dir: Path | None, progress: bool = True,
                    batch_size: int = 128) -> None:
         """Memoise the frozen sentence features of `texts` at once, from a file in `cache_dir` keyed by
         the texts and the transformer's weights when there is one (training encodes every caption
         once, in batches, instead of batch by batch in the first epoch)."""
-        import hashlib
-
         from tqdm import tqdm
 
-        from models.io import atomic_torch_save, digest_weights
+        from models.io import atomic_torch_save
 
         unique = list(dict.fromkeys(texts))
-        digest = hashlib.sha256(f"{self.max_length}:{self.pooling}:{sorted(self.files.items())}".encode())
-        digest.update("\0".join(unique).encode())
-        digest_weights(digest, self.transformer)
-        cache_file = Path(cache_dir) / f"sentences-{digest.hexdigest()[:20]}.pt" if cache_dir else None
+        cache_file = self.memo_file("sentences", f"{self.max_length}:{self.pooling}:{sorted(self.files.items())}",
+                                    unique, cache_dir)
         if cache_file is not None and cache_file.is_file():
             features = torch.load(cache_file, weights_only=True)
         else:

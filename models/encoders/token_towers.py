@@ -6,7 +6,6 @@ states stand for, so attention weights can be shown on the words.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,8 @@ class WordStateTower(nn.Module):
 
 class SentenceTokenTower(SentenceTransformerTower):
     """A frozen sentence transformer's token states ([CLS] and [SEP] left out), each through the
-    learned head. Token states are memoised per text (fp16), like the pooled tower's features."""
+    learned head. Token states are memoised per text (fp16) in the pooled tower's memo, whose
+    features this tower never computes."""
 
     reads_words = False
 
@@ -71,7 +71,6 @@ class SentenceTokenTower(SentenceTransformerTower):
         # raises the cap to hold every caption.
         super().__init__(out_dim, path, files, freeze=True, max_length=max_length, hidden_dim=hidden_dim,
                          cache_size=10_000)
-        self._tokens: dict[str, torch.Tensor] = {}
 
     def token_features(self, texts: list[str]) -> list[torch.Tensor]:
         """Each text's word-piece states (T_i, width): the frozen transformer's last layer."""
@@ -89,14 +88,8 @@ class SentenceTokenTower(SentenceTransformerTower):
         device = self.head[0].weight.device
         if not texts:
             return self.head[-1].weight.new_zeros(0, 1, self.head[-1].out_features), torch.zeros(0, 1, dtype=torch.bool)
-        missing = [t for t in dict.fromkeys(texts) if t not in self._tokens]
-        if len(self._tokens) + len(missing) > self.cache_size:
-            self._tokens.clear()
-            missing = list(dict.fromkeys(texts))
-        for start in range(0, len(missing), 128):
-            chunk = missing[start:start + 128]
-            self._tokens.update(zip(chunk, self.token_features(chunk), strict=True))
-        rows = [self._tokens[t] for t in texts]
+        rows = self.memoised(texts, lambda missing: [state for start in range(0, len(missing), 128)
+                                                     for state in self.token_features(missing[start:start + 128])])
         lengths = torch.tensor([len(r) for r in rows])
         states = pad_sequence(rows, batch_first=True).float().to(device)
         mask = torch.arange(states.shape[1])[None, :] < lengths[:, None]
@@ -108,13 +101,11 @@ class SentenceTokenTower(SentenceTransformerTower):
         and the transformer's weights when there is one."""
         from tqdm import tqdm
 
-        from models.io import atomic_torch_save, digest_weights
+        from models.io import atomic_torch_save
 
-        unique = [t for t in dict.fromkeys(texts) if t not in self._tokens]
-        digest = hashlib.sha256(f"tokens:{self.max_length}:{sorted(self.files.items())}".encode())
-        digest.update("\0".join(unique).encode())
-        digest_weights(digest, self.transformer)
-        cache_file = Path(cache_dir) / f"tokens-{digest.hexdigest()[:20]}.pt" if cache_dir else None
+        unique = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        cache_file = self.memo_file("tokens", f"tokens:{self.max_length}:{sorted(self.files.items())}", unique,
+                                    cache_dir)
         if cache_file is not None and cache_file.is_file():
             saved = torch.load(cache_file, weights_only=True)
             rows = list(saved["states"].split(saved["lengths"].tolist()))
@@ -126,8 +117,8 @@ class SentenceTokenTower(SentenceTransformerTower):
             if cache_file is not None and rows:
                 atomic_torch_save({"states": torch.cat(rows), "lengths": torch.tensor([len(r) for r in rows])},
                                   cache_file)
-        self.cache_size = max(self.cache_size, len(self._tokens) + len(unique) + 10_000)
-        self._tokens.update(zip(unique, rows, strict=True))
+        self.cache_size = max(self.cache_size, len(self._cache) + len(unique) + 10_000)
+        self._cache.update(zip(unique, rows, strict=True))
 
     def pieces(self, text: str) -> list[str]:
         """The word pieces the states stand for (an empty text: its [CLS])."""
