@@ -217,6 +217,13 @@ def index(
                                                  "else a local one) or its address (HOST:PORT, ray://...)")] = None,
     ray_actors: Annotated[int | None, typer.Option(help="encoders on the Ray cluster (default: one per GPU, "
                                                         "else one per node)")] = None,
+    codes: Annotated[str | None, typer.Option(
+        help="what the index holds a vector as: float, binary:BITS (DCMH hash codes learned from the gallery's "
+             "image-caption pairs, BITS/8 bytes) or catalysed:BYTES (spreading-vectors catalyser + PQ); "
+             "default: as the current version (float for a new index)")] = None,
+    rerank: Annotated[int | None, typer.Option(
+        help="with --codes: re-rank this many nearest by code with the float vectors (kept on disk); "
+             "0 = by code only [default 100]")] = None,
 ) -> None:
     """Encode a gallery's images and captions and publish a new index version."""
     from app.settings import get_settings
@@ -227,7 +234,7 @@ def index(
     options = BuildOptions(index_type=index_type, memory_budget=parse_memory(memory_budget),
                            recall_target=recall_target, batch_size=batch_size, workers=workers,
                            device=settings.device, backbone_runtime=settings.backbone_runtime, describe=describe,
-                           ray_address=ray, ray_actors=ray_actors)
+                           ray_address=ray, ray_actors=ray_actors, codes=codes, rerank=rerank)
     report = build_index(gallery=gallery, encoder_spec=encoder, name=name, index_dir=settings.index_dir,
                          sessions=_catalogue(settings), full=full, options=options,
                          vector_store=settings.vector_store())

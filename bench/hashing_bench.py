@@ -64,7 +64,7 @@ def tower_features(data: Path, progress: bool = True) -> dict:
     precompute_frozen_text(encoder, [train, val], config, progress)
     text = encoder.text_tower
     return {"train_images": train.pixels.features.float(), "val_images": val.pixels.features.float(),
-            "train_texts": text.frozen_features(train.pairs.captions),
+            "train_texts": text.frozen_features(train.pairs.captions), "train_captions": train.pairs.captions,
             "val_texts": text.frozen_features(val.pairs.captions),
             "train_owners": torch.as_tensor(train.pairs.caption_to_image),
             "val_owners": np.asarray(val.pairs.caption_to_image), "val_split": val}

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from indexer import assembly, catalogue_reads, catalogue_writes, describing
 from indexer.catalogue import IndexVersion
+from indexer.codes import DEFAULT_RERANK, CodeSpec
 from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, scan_changes
 from indexer.pipeline import EncodedImages, encode_image_files
 from indexer.status import latest_build_source
@@ -44,10 +45,23 @@ class BuildOptions:
     describe: bool | None = None       # generated captions for images without any (None: if the encoder can)
     ray_address: str | None = None     # encode images on this Ray cluster ("auto": the local one)
     ray_actors: int | None = None      # encoders on the cluster (default: one per GPU, or per node)
+    codes: str | None = None           # float | binary:BITS | catalysed:BYTES (indexer.codes); None: as before
+    rerank: int | None = None          # with codes: the nearest by code re-ranked by the float vectors
+
+    def code_spec(self) -> CodeSpec | None:
+        return CodeSpec.parse(self.codes, DEFAULT_RERANK if self.rerank is None else self.rerank)
+
+    def resolved_against(self, previous: Version | None) -> BuildOptions:
+        """These options with the codes settled: unless given, those of the version being replaced
+        (so a reindex keeps them); `rerank` alone changes the re-ranking of the kept codes."""
+        kept = CodeSpec.from_manifest(previous.manifest) if previous is not None else None
+        if self.codes is not None or kept is None:
+            return replace(self, codes=self.codes or "float")
+        return replace(self, codes=str(kept), rerank=kept.rerank if self.rerank is None else self.rerank)
 
     def index_settings(self) -> IndexSettings:
         return IndexSettings(self.index_type, self.memory_budget, self.recall_target,
-                             gpu=self.device != "cpu-only")
+                             gpu=self.device != "cpu-only", codes=self.code_spec(), progress=self.progress)
 
 
 @dataclass
@@ -91,6 +105,7 @@ def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
     """Build (or incrementally update) index `name` from `gallery` with `encoder_spec`, in
     `vector_store` (faiss files under `index_dir` when None)."""
     options = options or BuildOptions()
+    options.code_spec()  # a misspelt --codes fails before anything is encoded
     store = vector_store or open_vector_store(None, index_dir)
     started = time.perf_counter()
     gallery_path = Path(gallery)
@@ -102,12 +117,14 @@ def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
     with store.build_lock(name):
         reconcile(store, name, sessions)
         previous = store.current(name)
+        options = options.resolved_against(previous)
         if previous is not None and previous.manifest["checkpoint_hash"] != checkpoint_hash and not full:
             print(f"{name}: the encoder differs from version {previous.number}'s: re-encoding everything")
             full = True
         previous_ids = store.read_arrays(previous, ("image_ids",))["image_ids"] if previous else None
         changes = scan_changes(records, catalogue_reads.known_images(sessions, previous_ids), full=full)
-        if previous is not None and changes.nothing_to_do and not full and not (
+        same_codes = previous is not None and CodeSpec.from_manifest(previous.manifest) == options.code_spec()
+        if previous is not None and changes.nothing_to_do and not full and same_codes and not (
                 describing.describes(encoder, options.describe)
                 and describing.undescribed(sessions, changes, checkpoint_hash)):
             return BuildReport(name, "up-to-date", previous.number, changes=changes.summary(),

@@ -119,3 +119,56 @@ def read_index(path: str, gpu: bool = False, mmap: bool = False) -> faiss.Index:
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
     index = faiss.read_index(path, flags)
     return to_gpu(index) if gpu else index
+
+
+# --- compact codes (indexer.codes): what a version holds instead of float vectors ---------------
+def build_code_index(codes: np.ndarray, kind: str, seed: int = 0) -> tuple[faiss.Index | faiss.IndexBinary, str]:
+    """An exhaustive index over codes, and its description: packed bits (uint8, N x bits/8) in an
+    `IndexBinaryFlat` (Hamming), or catalysed vectors (float32) in a product quantiser of one byte
+    per two dimensions (fewer bits a sub-quantiser when there are fewer than 256 vectors to train on)."""
+    if kind == "binary":
+        index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
+        index.add(np.ascontiguousarray(codes, dtype=np.uint8))
+        return index, f"BFlat{index.d}"
+    vectors = np.ascontiguousarray(codes, dtype=np.float32)
+    n, dim = vectors.shape
+    nbits = max(1, min(8, int(np.log2(max(n, 2)))))
+    factory = f"PQ{dim // 2}x{nbits}"
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index.pq.cp.seed = seed
+    index.train(vectors)
+    index.add(vectors)
+    return index, factory
+
+
+def search_codes(index: faiss.Index | faiss.IndexBinary, query_codes: np.ndarray, k: int, *, binary_bits: int = 0,
+                 rerank: int = 0, vectors: np.ndarray | None = None, queries: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) of the k nearest by code, best first, -1 rows padding. Hamming distances d
+    become 1 - 2 d / bits, the cosine of the two +-1 codes. With `rerank` and the float `vectors`
+    (and the float `queries`), the `rerank` nearest by code are ordered by their exact inner product."""
+    k = min(k, index.ntotal)
+    wanted = min(max(k, rerank), index.ntotal) if vectors is not None and rerank else k
+    distances, rows = index.search(query_codes, wanted)
+    scores = 1.0 - 2.0 * distances.astype(np.float32) / binary_bits if binary_bits else distances
+    if wanted == k and not (vectors is not None and rerank):
+        return scores.astype(np.float32), rows.astype(np.int64)
+    gathered = np.asarray(vectors[np.clip(rows, 0, None).ravel()], np.float32).reshape(*rows.shape, -1)
+    exact = np.einsum("qcd,qd->qc", gathered, queries).astype(np.float32)
+    exact[rows < 0] = -np.inf
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    best = np.take_along_axis(exact, order, axis=1)
+    found = np.take_along_axis(rows, order, axis=1).astype(np.int64)
+    found[~np.isfinite(best)] = -1
+    return np.where(np.isfinite(best), best, 0.0).astype(np.float32), found
+
+
+def write_code_index(index: faiss.Index | faiss.IndexBinary, path: str) -> None:
+    if isinstance(index, faiss.IndexBinary):
+        faiss.write_index_binary(index, path)
+    else:
+        faiss.write_index(index, path)
+
+
+def read_code_index(path: str, binary: bool) -> faiss.Index | faiss.IndexBinary:
+    return faiss.read_index_binary(path) if binary else faiss.read_index(path)

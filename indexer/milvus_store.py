@@ -137,6 +137,9 @@ class MilvusStore(VectorStore):
     # --- writing -------------------------------------------------------------------------------
     def stage(self, name: str, number: int, arrays: dict[str, np.ndarray], manifest: dict,
               settings: IndexSettings) -> dict:
+        if settings.codes is not None:
+            raise VectorStoreError(f"compact codes ({settings.codes}) are built by the faiss store only; Milvus "
+                                   "indexes keep float vectors (use its IVF_PQ index type for compression)")
         started = time.perf_counter()
         described = {}
         try:
@@ -313,7 +316,8 @@ class MilvusVersion(SearchableVersion):
     def _collection(self, modality: str) -> str:
         return version_collection(self.version.name, self.number, modality)
 
-    def _search_index(self, modality: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_index(self, modality: str, queries: np.ndarray, k: int, query_modality: str
+                      ) -> tuple[np.ndarray, np.ndarray]:
         described = self.manifest[f"{modality}_index"]
         return _search(self.client, self._collection(modality), queries, min(k, MAX_TOP_K),
                        described.get("search_param"), described.get("search_value"))

@@ -25,6 +25,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 
 from indexer.calibration import Calibration
+from indexer.codes import CodeSpec
 from indexer.recall_tuning import exact_search
 
 MODALITIES = ("image", "caption")
@@ -37,6 +38,11 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 class VectorStoreError(RuntimeError):
     """The store cannot do what was asked for a reason outside the code: unreachable, locked, not
     installed. Shown to users as one line."""
+
+
+def other_modality(modality: str) -> str:
+    """The modality a cross-modal query into `modality`'s index comes from."""
+    return "caption" if modality == "image" else "image"
 
 
 def check_index_name(name: str) -> str:
@@ -53,6 +59,8 @@ class IndexSettings:
     memory_budget: int | None = None    # bytes; None = no limit
     recall_target: float = 0.95         # the search parameter is tuned until recall@10 reaches this
     gpu: bool = False
+    codes: CodeSpec | None = None       # compact codes instead of float vectors (indexer.codes)
+    progress: bool = True               # progress bars for what a build trains (code models)
 
 
 @dataclass(frozen=True)
@@ -83,12 +91,14 @@ class SearchableVersion(ABC):
         """Maps this version's scores to relevance (None for a gallery without captions)."""
         return Calibration.from_manifest(self.manifest)
 
-    def search(self, modality: str, queries: np.ndarray, k: int, among: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, modality: str, queries: np.ndarray, k: int, among: np.ndarray | None = None,
+               query_modality: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, catalogue row ids), each (queries x k'), best first, of the top k per query;
         k' = min(k, size) and -1 ids pad short lists. `among` restricts the hits to those row ids,
         searched exactly from their stored vectors (the cost is the subset's size, and a store's
-        filtered graph search cannot miss a small subset)."""
+        filtered graph search cannot miss a small subset). `query_modality` says whether the
+        queries are images or texts ('image' or 'caption'; default: the other modality), which
+        binary codes need: each modality has its own hashing function."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if among is not None:
             ids, vectors = self.vectors_of(modality, sorted({int(i) for i in among}))
@@ -99,10 +109,11 @@ class SearchableVersion(ABC):
         k = max(0, min(k, self.manifest[f"{modality}_index"]["count"]))
         if k == 0 or len(queries) == 0:
             return no_hits(len(queries))
-        return self._search_index(modality, queries, k)
+        return self._search_index(modality, queries, k, query_modality or other_modality(modality))
 
     @abstractmethod
-    def _search_index(self, modality: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_index(self, modality: str, queries: np.ndarray, k: int, query_modality: str
+                      ) -> tuple[np.ndarray, np.ndarray]:
         """`search` through the version's index, for 1 <= k <= its size and float32 queries."""
 
     @abstractmethod

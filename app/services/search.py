@@ -59,6 +59,7 @@ class QueryVector:
     """A query reduced to one vector, with what the page should tell the user about it."""
 
     vector: np.ndarray
+    modality: str                                       # what the vector comes from: "caption" (a text) or "image"
     warnings: list[str] = field(default_factory=list)  # e.g. unknown words ignored
     notes: list[str] = field(default_factory=list)     # e.g. "squares" read as "square"
     attention: QueryAttention | None = None             # where an attending encoder looked
@@ -144,7 +145,7 @@ class SearchService:
         warnings = [f"unknown word(s) ignored by {served.encoder.name}: {', '.join(unknown)}"] if unknown else []
         readings = served.encoder.readings(text)
         notes = [f"read {', '.join(map(str, readings))}"] if readings else []
-        return QueryVector(served.encoder.encode_text([text])[0].cpu().numpy(), warnings, notes)
+        return QueryVector(served.encoder.encode_text([text])[0].cpu().numpy(), "caption", warnings, notes)
 
     def image_vector(self, served: Served, query: QueryImage) -> np.ndarray:
         if query.image is not None:
@@ -157,13 +158,18 @@ class SearchService:
         return vector
 
     def combine(self, served: Served, terms: list[WeightedTerm], strict_words: bool) -> QueryVector:
-        """sum_i w_i * v_i over the terms' normalised vectors, re-normalised."""
-        total = QueryVector(np.zeros(served.encoder.embed_dim, np.float32))
+        """sum_i w_i * v_i over the terms' normalised vectors, re-normalised; its modality is that
+        of the heaviest term (an image for image - word + word)."""
+        if not terms:
+            raise BadQuery("give at least one term")
+        heaviest = max(terms, key=lambda term: abs(term.weight))
+        total = QueryVector(np.zeros(served.encoder.embed_dim, np.float32),
+                            "caption" if heaviest.text is not None else "image")
         for term in terms:
             if term.text is not None:
                 total.add(self.text_vector(served, term.text, strict_words), term.weight)
             elif term.image is not None:
-                total.add(QueryVector(self.image_vector(served, term.image)), term.weight)
+                total.add(QueryVector(self.image_vector(served, term.image), "image"), term.weight)
             else:
                 raise BadQuery("each term needs a text, an image id or an upload")
         total.vector = normalise(total.vector)
@@ -195,7 +201,7 @@ class SearchService:
         their count and images, unless `collapse` is False."""
         served, clock = self.served.get(index), StageClock()
         with clock.stage("encode"):
-            vector = QueryVector(self.image_vector(served, query))
+            vector = QueryVector(self.image_vector(served, query), "image")
         if attention:
             with clock.stage("attention"):
                 vector.attention = self._attention(served, vector, lambda: self._image_attention(served, query, vector))
@@ -302,7 +308,7 @@ class SearchService:
             wanted = max(4 * wanted, 100)
         while True:
             with clock.stage("search"):
-                scores, ids, exhausted = self._search(served, target, query.vector, wanted, rerank_top, cutoff)
+                scores, ids, exhausted = self._search(served, target, query, wanted, rerank_top, cutoff)
             with clock.stage("metadata"):
                 if collapsing:
                     hits = collapse_captions(self._hydrate_captions(ids, scores))
@@ -323,11 +329,12 @@ class SearchService:
                               warnings=query.warnings, notes=query.notes, timings_ms=clock.rounded(),
                               query_attention=query.attention)
 
-    def _search(self, served: Served, target: str, vector: np.ndarray, wanted: int, rerank_top: int | None,
+    def _search(self, served: Served, target: str, query: QueryVector, wanted: int, rerank_top: int | None,
                 cutoff: Cutoff) -> tuple[np.ndarray, np.ndarray, bool]:
         """(scores, ids) of the `wanted` nearest, re-ranked and cut off; True when the index holds
         no more than that."""
-        scores, ids = served.loaded.search(target, vector[None, :], wanted)
+        vector = query.vector
+        scores, ids = served.loaded.search(target, vector[None, :], wanted, query_modality=query.modality)
         scores, ids = scores[0], ids[0]
         exhausted = len(ids) < wanted or bool((ids < 0).any())
         keep = ids >= 0

@@ -82,8 +82,8 @@ class ServedIndexes:
         text = encoder.encode_text(["a photo"]).cpu().numpy()
         image = encoder.encode_image([Image.new("RGB", (encoder.image_size,) * 2)]).cpu().numpy()
         for modality in ("image", "caption"):
-            loaded.search(modality, text, 10)
-            loaded.search(modality, image, 10)
+            loaded.search(modality, text, 10, query_modality="caption")
+            loaded.search(modality, image, 10, query_modality="image")
 
     def _encoder_for(self, loaded: SearchableVersion) -> Encoder:
         checkpoint_hash = loaded.manifest["checkpoint_hash"]
