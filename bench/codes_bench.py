@@ -86,6 +86,7 @@ class Collection:
     queries: np.ndarray          # measured
     tune_queries: np.ndarray     # for choosing lambda
     train_extra: np.ndarray | None = None  # also in the catalysers' training sample (the gallery's captions)
+    query_modality: str = "image"  # which DCMH head codes the queries
 
 
 # --- codes --------------------------------------------------------------------------------------
@@ -137,9 +138,9 @@ def catalysed_codes(base: np.ndarray, budget: int, quantiser: str, koleo: float,
     of the base (and `extra`: vectors of the other modality, as an index build has its captions)."""
     started = time.perf_counter()
     out_dim = 2 * budget if quantiser == "pq" else budget
-    sample = sample_rows(base, 20_000) if extra is None else np.concatenate([sample_rows(base, 20_000), extra])
-    config = CatalyserConfig(out_dim=out_dim, koleo_weight=koleo, sample=len(sample))
-    model = train_catalyser(sample, config, progress=False).model
+    sets = [sample_rows(base, 20_000)] + ([] if extra is None else [extra])
+    config = CatalyserConfig(out_dim=out_dim, koleo_weight=koleo, sample=sum(len(s) for s in sets))
+    model = train_catalyser(sets, config, progress=False).model
     factory = f"PQ{budget}x8" if quantiser == "pq" else "SQ8"
     index = faiss.index_factory(out_dim, factory, faiss.METRIC_INNER_PRODUCT)
     index.train(model.transform(sample_rows(base, TRAIN_SAMPLE)))
@@ -154,7 +155,7 @@ def catalysed_codes(base: np.ndarray, budget: int, quantiser: str, koleo: float,
 _TRAINED_HEADS: dict[int, tuple] = {}
 
 
-def dcmh_codes(base: np.ndarray, bits: int, pairs: dict) -> Coded:
+def dcmh_codes(base: np.ndarray, bits: int, pairs: dict, query_modality: str = "caption") -> Coded:
     """Hashing heads trained on (photo view, caption) pairs (once per code length); the image head
     codes the base, the text head the (caption) queries."""
     started = time.perf_counter()
@@ -177,7 +178,8 @@ def dcmh_codes(base: np.ndarray, bits: int, pairs: dict) -> Coded:
     for start in range(0, len(base), 100_000):
         index.add(coder("image")(base[start:start + 100_000]))
     weights = sum(p.numel() * 4 for head in (heads.image, heads.text) for p in head.parameters())
-    coded = Coded(f"DCMH {bits} bits", bits // 8, index, coder("text"), weights, train_seconds, bits)
+    query_coder = coder("text" if query_modality == "caption" else "image")
+    coded = Coded(f"DCMH {bits} bits", bits // 8, index, query_coder, weights, train_seconds, bits)
     coded.image_coder = coder("image")  # for the val table's image queries
     return coded
 
@@ -249,11 +251,43 @@ def bench_collection(collection: Collection, budgets: list[int], koleo_weights: 
                   lambda b=budget: catalysed_codes(base, b, "pq", koleo, collection.train_extra),
                   lambda b=budget: catalysed_codes(base, b, "sq", koleo, collection.train_extra)]
         if pairs is not None:
-            makers.append(lambda b=budget: dcmh_codes(base, 8 * b, pairs))
+            makers.append(lambda b=budget: dcmh_codes(base, 8 * b, pairs, collection.query_modality))
         for make in makers:
             rows.append(measure(make(), collection, truth))
     return {"vectors": len(base), "dim": dim, "queries": len(collection.queries), "koleo_sweep": sweep,
             "koleo_chosen": koleo, "rows": rows}
+
+
+# --- hash lookup -------------------------------------------------------------------------------
+def hash_lookup(coded: Coded, collection: Collection, relevant_rows: list[set[int]], radius: int = 2) -> list[dict]:
+    """DCMH's "hash lookup": every item within Hamming `radius` of each query, from an exhaustive
+    scan (IndexBinaryFlat) and from a multi-index hash (IndexBinaryMultiHash: radius + 1 tables of
+    disjoint bit ranges, so by the pigeonhole principle an item within the radius matches one
+    table exactly); the same balls, and their precision (relevant: views of the caption's photo)."""
+    codes = coded.code_queries(collection.queries)
+    bits = coded.binary_bits
+    flat = coded.index
+    multi = faiss.IndexBinaryMultiHash(bits, radius + 1, min(bits // (radius + 1), 32))
+    multi.nflip = 0
+    for start in range(0, flat.ntotal, 100_000):
+        multi.add(np.stack([flat.reconstruct(i) for i in range(start, min(start + 100_000, flat.ntotal))]))
+    rows, balls = [], {}
+    for name, index in (("IndexBinaryFlat (scan)", flat), (f"IndexBinaryMultiHash ({radius + 1} x {multi.b} bits)",
+                                                           multi)):
+        started = time.perf_counter()
+        limits, _, found = index.range_search(codes, radius + 1)  # strictly below radius + 1
+        seconds = time.perf_counter() - started
+        ball = [set(found[limits[q]:limits[q + 1]].tolist()) for q in range(len(codes))]
+        balls[name] = ball
+        precision = [len(b & relevant_rows[q]) / len(b) if b else 0.0 for q, b in enumerate(ball)]
+        rows.append({"lookup": name, "codes": coded.name, "radius": radius, "qps": round(len(codes) / seconds, 1),
+                     "mean_ball": round(float(np.mean([len(b) for b in ball])), 2),
+                     "empty_balls": round(float(np.mean([not b for b in ball])), 4),
+                     "precision_r2": round(float(np.mean(precision)), 4)})
+        print(rows[-1], flush=True)
+    first, second = balls.values()
+    rows[-1]["same_balls_as_scan"] = all(a == b for a, b in zip(first, second, strict=True))
+    return rows
 
 
 # --- the Flickr8k val table ---------------------------------------------------------------------
@@ -298,8 +332,10 @@ def decoded(index: faiss.Index, vectors: np.ndarray) -> np.ndarray:
     return index.sa_decode(index.sa_encode(np.ascontiguousarray(vectors, np.float32)))
 
 
-def photo_collection(path: Path, checkpoint: Path, queries: int) -> tuple[Collection, dict, dict]:
-    """The photo embeddings, the val captions' embeddings as queries, and the DCMH training pairs."""
+def photo_collection(path: Path, checkpoint: Path, queries: int, query_kind: str = "captions"
+                     ) -> tuple[Collection, dict, dict]:
+    """The photo embeddings, the queries (val captions' embeddings, or photo views taken out of the
+    base), and the DCMH training pairs."""
     from bench.hashing_bench import tower_features
     from models import load_encoder
     from models.encoders.base import encode_in_batches
@@ -322,10 +358,19 @@ def photo_collection(path: Path, checkpoint: Path, queries: int) -> tuple[Collec
     pairs = {"images": centre[owners], "texts": train_captions, "groups": owners}
     rng = np.random.default_rng(1)
     order = rng.permutation(len(val_captions))
-    collection = Collection(f"Flickr8k photo embeddings ({count:,} photos x {views} views)", photos,
-                            val_captions[order[:queries]], val_captions[order[queries:2 * queries]],
-                            train_captions.numpy())
-    val = {"images": photos[train_photos:count], "captions": val_captions, "owners": features["val_owners"]}
+    label = f"Flickr8k photo embeddings ({count:,} photos x {views} views)"
+    if query_kind == "images":  # views taken out of the base: image -> image search
+        held_out = np.random.default_rng(2).permutation(len(photos))
+        base = np.delete(photos, held_out[:2 * queries], axis=0)
+        collection = Collection(f"{label}, photo-view queries", base, photos[held_out[:queries]],
+                                photos[held_out[queries:2 * queries]], train_captions.numpy(), "image")
+        return collection, pairs, {}
+    collection = Collection(f"{label}, caption queries", photos, val_captions[order[:queries]],
+                            val_captions[order[queries:2 * queries]], train_captions.numpy(), "caption")
+    owners = features["val_owners"][order[:queries]]  # each query's photo: its views are the relevant rows
+    relevant = [{v * count + train_photos + int(owner) for v in range(views)} for owner in owners]
+    val = {"images": photos[train_photos:count], "captions": val_captions, "owners": features["val_owners"],
+           "relevant": relevant}
     return collection, pairs, val
 
 
@@ -340,21 +385,29 @@ def main() -> None:
     parser.add_argument("--budgets", default="8,16,32,64")
     parser.add_argument("--koleo", default="0,0.01,0.03,0.1,0.3", help="KoLeo weights swept at 16 bytes")
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--photo-queries", choices=("captions", "images"), default="captions",
+                        help="val captions (text -> image) or held-out photo views (image -> image)")
+    parser.add_argument("--hash-lookup", default="", help="only the hash-lookup rows, at these DCMH code lengths")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "codes_bench.json")
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     koleo_weights = [float(w) for w in args.koleo.split(",")]
     results = {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                "faiss": faiss.__version__, "k": K, "rerank": RERANK, "collections": {}}
-    if args.out.exists():  # one file for both collections, written by separate runs
-        results["collections"] = json.loads(args.out.read_text()).get("collections", {})
     if args.photos:
         if not args.checkpoint:
             sys.exit("--photos needs --checkpoint (the encoder whose caption embeddings are the queries)")
-        collection, pairs, val = photo_collection(args.photos, args.checkpoint, args.queries)
+        collection, pairs, val = photo_collection(args.photos, args.checkpoint, args.queries, args.photo_queries)
+        if args.hash_lookup:
+            rows = [row for bits in args.hash_lookup.split(",")
+                    for row in hash_lookup(dcmh_codes(collection.base, int(bits), pairs), collection, val["relevant"])]
+            results["collections"][collection.label] = {"hash_lookup": rows}
+            save(args.out, results)
+            return
         result = bench_collection(collection, budgets, koleo_weights, pairs)
-        result["flickr8k_val"] = val_table(collection.base, val["images"], val["captions"], val["owners"], budgets,
-                                           result["koleo_chosen"], pairs, collection.train_extra)
+        if val:
+            result["flickr8k_val"] = val_table(collection.base, val["images"], val["captions"], val["owners"],
+                                               budgets, result["koleo_chosen"], pairs, collection.train_extra)
         results["collections"][collection.label] = result
         save(args.out, results)
     if args.synthetic:
@@ -368,8 +421,13 @@ def main() -> None:
 
 
 def save(path: Path, results: dict) -> None:
+    """Write this run's collections into the file, keeping what other runs wrote there (one file
+    for every collection; a collection's keys merge)."""
+    merged = json.loads(path.read_text()).get("collections", {}) if path.exists() else {}
+    for label, result in results["collections"].items():
+        merged[label] = {**merged.get(label, {}), **result}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=1))
+    path.write_text(json.dumps({**results, "collections": merged}, indent=1))
     print(f"wrote {path}")
 
 

@@ -6,7 +6,8 @@ the gallery at build time, that turns item and query vectors into codes.
   encoder's embedding, trained on the gallery's own image-caption pairs; searched by Hamming
   distance, BITS / 8 bytes a vector. A query gets the code of its own modality's head.
 - `catalysed:BYTES` - a spreading-vectors catalyser (`models.spreading`) trained on a sample of the
-  gallery's image and caption vectors, then product quantisation at BYTES bytes a vector.
+  gallery's image and caption vectors (keeping how each set ranks for either kind of query), then
+  product quantisation at BYTES bytes a vector.
 
 Either way the float vectors stay on disk (memory-mapped, not loaded), and unless `rerank` is 0
 the `rerank` nearest by code are re-ranked by their exact inner product with the query.
@@ -150,13 +151,14 @@ def fit_codes(spec: CodeSpec, arrays: dict[str, np.ndarray], progress: bool = Tr
     """Learn the code model of a version from its arrays (vector_store.ARRAY_KEYS)."""
     if spec.kind == "binary":
         return _fit_hash_codes(spec, arrays, progress, seed)
-    vectors = np.concatenate([arrays["image_vectors"], arrays["caption_vectors"]])
-    if len(vectors) < 4:
-        raise ValueError(f"catalysed codes are learned from the gallery's vectors: {len(vectors)} are too few")
-    negatives = min(CatalyserConfig.negatives, len(vectors) - 1)
+    sets = [arrays[key] for key in ("image_vectors", "caption_vectors") if len(arrays[key])]
+    smallest = min((len(s) for s in sets), default=0)
+    if smallest < 4:
+        raise ValueError(f"catalysed codes are learned from the gallery's vectors: {smallest} are too few")
+    negatives = min(CatalyserConfig.negatives, smallest - 1)
     config = CatalyserConfig(out_dim=catalyser_dim(spec), negatives=negatives,
                              positives=min(CatalyserConfig.positives, negatives - 1), seed=seed)
-    return CatalysedCodes(spec, train_catalyser(vectors, config, progress).model)
+    return CatalysedCodes(spec, train_catalyser(sets, config, progress).model)
 
 
 def _fit_hash_codes(spec: CodeSpec, arrays: dict[str, np.ndarray], progress: bool, seed: int) -> HashCodes:

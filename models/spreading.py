@@ -9,13 +9,17 @@ The catalyser f is trained on a sample of the vectors to be indexed with two ter
     L_KoLeo = -1/n sum_i log(min_{j != i} |f(x_i) - f(x_j)|)      (over each mini-batch)
 
 x+ is one of x's `positives` nearest neighbours in the input space and x- one of the neighbours
-ranked after them up to `negatives`: the rank term keeps neighbourhoods, the Kozachenko-Leonenko
+ranked after them up to `negatives` (with several sets of vectors, an index's images and its
+captions, each anchor gets a triplet from each set's ranking of it: a cross-modal index must keep
+how the images rank for a text, which a text's neighbours among texts say nothing about). The
+rank term keeps neighbourhoods, the Kozachenko-Leonenko
 term (the differential-entropy estimator up to constants) pushes the outputs apart so that they
 fill the sphere evenly, which is the distribution a fixed-rate quantiser wastes least on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,46 +91,59 @@ class TrainedCatalyser:
     history: list[dict] = field(default_factory=list)
 
 
-def neighbour_ranks(vectors: torch.Tensor, count: int, chunk: int = 2048) -> torch.Tensor:
-    """(N, count) indices of each row's nearest other rows by inner product (unit rows), nearest first."""
-    found = []
-    for start in range(0, len(vectors), chunk):
-        scores = vectors[start:start + chunk] @ vectors.t()
-        rows = torch.arange(start, min(start + chunk, len(vectors)))
-        scores[torch.arange(len(rows)), rows] = -float("inf")
+def neighbour_ranks(anchors: torch.Tensor, count: int, database: torch.Tensor | None = None, own_rows: int = 0,
+                    chunk: int = 2048) -> torch.Tensor:
+    """(A, count) indices into `database` (default: the anchors themselves) of each anchor's nearest
+    rows by inner product (unit rows), nearest first. Anchor i < `own_rows` (every anchor, without
+    a database) is database row i and never its own neighbour."""
+    if database is None:
+        database, own_rows = anchors, len(anchors)
+    found = [torch.zeros(0, count, dtype=torch.long)]
+    for start in range(0, len(anchors), chunk):
+        scores = anchors[start:start + chunk] @ database.t()
+        rows = torch.arange(start, max(start, min(start + chunk, len(anchors), own_rows)))
+        scores[rows - start, rows] = -float("inf")
         found.append(scores.topk(count, dim=1).indices)
     return torch.cat(found)
 
 
-def train_catalyser(vectors: np.ndarray, config: CatalyserConfig, progress: bool = True) -> TrainedCatalyser:
-    """Fit a catalyser on (a sample of) unit `vectors` (float32, N x D)."""
+def train_catalyser(vector_sets: Sequence[np.ndarray], config: CatalyserConfig, progress: bool = True
+                    ) -> TrainedCatalyser:
+    """Fit a catalyser on unit vectors (float32, N x D): one set, as in the paper, or several
+    (an index's images and captions). Every sampled vector is an anchor, and for each set its
+    triplets come from that set's ranking of it, so that every ranking a search makes (a text
+    against the images, an image against the captions...) is kept. `config.sample` vectors are
+    drawn in all, in proportion to the sets' sizes."""
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    data = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
-    if len(data) > config.sample:
-        data = data[torch.randperm(len(data), generator=generator)[:config.sample]]
-    if len(data) <= config.negatives:
-        raise ValueError(f"a catalyser needs more than {config.negatives} training vectors, got {len(data)}")
-    neighbours = neighbour_ranks(data, config.negatives)
-    model = Catalyser(data.shape[1], config.out_dim, config.hidden)
+    sets = _sampled_sets(vector_sets, config.sample, generator)
+    if min(len(s) for s in sets) <= config.negatives:
+        raise ValueError(f"a catalyser needs more than {config.negatives} training vectors in each set, "
+                         f"got {[len(s) for s in sets]}")
+    anchors = torch.cat(sets)
+    starts = np.cumsum([0] + [len(s) for s in sets])
+    # per set, each anchor's ranking of that set (an anchor from the set skips itself)
+    tables = [torch.cat([neighbour_ranks(anchors[:start], config.negatives, database=members),
+                         neighbour_ranks(anchors[start:], config.negatives, database=members, own_rows=len(members))])
+              for members, start in zip(sets, starts[:-1], strict=True)]
+    model = Catalyser(anchors.shape[1], config.out_dim, config.hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     trained = TrainedCatalyser(model)
     bar = tqdm(range(config.epochs), desc=f"catalyser -> {config.out_dim}-d", unit="epoch", disable=not progress)
     for epoch in bar:
         model.train()
         totals = {"rank": 0.0, "koleo": 0.0}
-        batches = torch.randperm(len(data), generator=generator).split(config.batch_size)
+        batches = [b for b in torch.randperm(len(anchors), generator=generator).split(config.batch_size) if len(b) > 1]
         for batch in batches:
-            if len(batch) < 2:
-                continue
-            picks = torch.randint(config.positives, (len(batch),), generator=generator)
-            positive = neighbours[batch, picks]
-            picks = torch.randint(config.positives, config.negatives, (len(batch),), generator=generator)
-            negative = neighbours[batch, picks]
-            out = model(torch.cat([data[batch], data[positive], data[negative]]))
-            anchor, near, far = out.split(len(batch))
-            rank = triplet_rank_loss(anchor, near, far, config.margin)
-            koleo = koleo_loss(anchor)
+            rows = [anchors[batch]]
+            for members, table in zip(sets, tables, strict=True):
+                near = torch.randint(config.positives, (len(batch),), generator=generator)
+                far = torch.randint(config.positives, config.negatives, (len(batch),), generator=generator)
+                rows += [members[table[batch, near]], members[table[batch, far]]]
+            out = model(torch.cat(rows)).split(len(batch))
+            rank = sum(triplet_rank_loss(out[0], out[1 + 2 * i], out[2 + 2 * i], config.margin)
+                       for i in range(len(sets))) / len(sets)
+            koleo = koleo_loss(out[0])
             optimizer.zero_grad()
             (rank + config.koleo_weight * koleo).backward()
             optimizer.step()
@@ -136,3 +153,15 @@ def train_catalyser(vectors: np.ndarray, config: CatalyserConfig, progress: bool
         bar.set_postfix(rank=f"{totals['rank']:.4f}", koleo=f"{totals['koleo']:.3f}")
     model.eval()
     return trained
+
+
+def _sampled_sets(vector_sets: Sequence[np.ndarray], total: int, generator: torch.Generator) -> list[torch.Tensor]:
+    if isinstance(vector_sets, np.ndarray):
+        vector_sets = [vector_sets]
+    sizes = [len(s) for s in vector_sets]
+    sets = []
+    for vectors, size in zip(vector_sets, sizes, strict=True):
+        data = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
+        keep = max(1, round(total * size / max(sum(sizes), 1)))
+        sets.append(data[torch.randperm(size, generator=generator)[:keep]] if size > keep else data)
+    return sets

@@ -439,10 +439,12 @@ def test_each_index_is_warmed_before_it_serves(app_dirs, monkeypatch):
     searched = []
     original = FaissVersion.search
     monkeypatch.setattr(FaissVersion, "search",
-                        lambda self, modality, queries, k: searched.append(modality) or original(self, modality,
-                                                                                                 queries, k))
+                        lambda self, modality, queries, k, **kw: searched.append((modality, kw["query_modality"]))
+                        or original(self, modality, queries, k, **kw))
     ServedIndexes(FaissFileStore(app_dirs["index_dir"]), "tiny")
-    assert sorted(searched) == ["caption", "caption", "image", "image"]
+    # a text and an image query into each index (binary codes hash each kind of query its own way)
+    assert sorted(searched) == [("caption", "caption"), ("caption", "image"), ("image", "caption"),
+                                ("image", "image")]
 
 
 # --- hostile input: non-UTF-8 form fields, and every error body as the OpenAPI schema says ------

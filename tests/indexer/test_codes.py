@@ -147,3 +147,16 @@ def test_builds_keep_the_codes_until_told_otherwise(gallery, encoder_checkpoint,
     assert FaissFileStore(index_dir).current("main").manifest["image_index"]["kind"] == "flat"
     with pytest.raises(ValueError, match="expected float"):
         build(codes="binary")
+
+
+def test_cli_builds_codes_and_refuses_a_bad_spec_in_one_line(gallery, encoder_checkpoint, tmp_path):
+    from tests.indexer.test_build import _cli
+
+    env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'cat.db'}", "INDEX_DIR": str(tmp_path / "idx")}
+    args = ("index", "--gallery", str(gallery), "--encoder", str(encoder_checkpoint), "--name", "demo", "--workers", "0")
+    built = _cli(env, *args, "--codes", "binary:16", "--rerank", "50")
+    assert built.returncode == 0, built.stderr
+    assert "image index BFlat16,rerank50" in built.stdout and "DCMH 16 bits" in built.stderr  # progress bar
+    assert "up to date at version 1" in _cli(env, "admin", "reindex").stdout  # the codes are kept
+    bad = _cli(env, *args, "--codes", "binary:12")
+    assert bad.returncode == 1 and "multiple of 8" in bad.stderr and "Traceback" not in bad.stderr

@@ -49,6 +49,30 @@ def test_neighbour_ranks_are_nearest_first_and_exclude_the_row_itself():
     assert all(row not in ranks[row].tolist() for row in range(4))
 
 
+def test_neighbour_ranks_against_a_database_skip_only_the_anchors_own_rows():
+    database = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]), dim=1)
+    anchors = torch.cat([database[:2], torch.tensor([[1.0, 0.0]])])  # two members, then an outsider
+    ranks = neighbour_ranks(anchors, 2, database=database, own_rows=2, chunk=1)
+    assert ranks.tolist() == [[1, 2], [0, 2], [0, 1]]  # the outsider's nearest is row 0, its twin
+    assert neighbour_ranks(anchors[:0], 2, database=database).shape == (0, 2)
+
+
+def test_a_catalyser_on_two_sets_keeps_how_one_set_ranks_for_the_other():
+    """Texts sit apart from the images (a modality gap) but near their own image: trained on both
+    sets, the catalyser keeps each text's nearest images."""
+    images = _clustered(300, 16, 10, seed=2)
+    rng = np.random.default_rng(3)
+    texts = images[:150] + 0.1 * rng.normal(size=(150, 16)).astype(np.float32) + 0.8 * np.eye(16, dtype=np.float32)[0]
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    config = CatalyserConfig(out_dim=6, koleo_weight=0.05, hidden=64, epochs=12, batch_size=64, positives=5,
+                             negatives=20)
+    model = train_catalyser([images, texts], config, progress=False).model
+    truth = (texts @ images.T).argsort(axis=1)[:, ::-1][:, :10]
+    found = (model.transform(texts) @ model.transform(images).T).argsort(axis=1)[:, ::-1][:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, found, strict=True)])
+    assert overlap > 0.3  # chance is 10 / 300
+
+
 def _clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, dim))
