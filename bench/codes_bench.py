@@ -234,8 +234,11 @@ def choose_koleo(collection: Collection, budget: int, weights: list[float]) -> t
     return max(sweep, key=lambda s: s["tune_recall@10"])["lambda"], sweep
 
 
+METHODS = ("pq", "opq", "pcasq", "lsh", "catpq", "catsq", "dcmh")
+
+
 def bench_collection(collection: Collection, budgets: list[int], koleo_weights: list[float],
-                     pairs: dict | None) -> dict:
+                     pairs: dict | None, methods: tuple[str, ...] = METHODS) -> dict:
     base = collection.base
     print(f"\n== {collection.label}: {len(base):,} x {base.shape[1]}, {len(collection.queries)} queries", flush=True)
     _, truth = exact_search(base, collection.queries, K)
@@ -244,16 +247,17 @@ def bench_collection(collection: Collection, budgets: list[int], koleo_weights: 
     rows = [float_row(collection, truth)]
     dim = base.shape[1]
     for budget in budgets:
-        makers = [lambda b=budget: factory_codes(f"PQ{b}x8", f"PQ{b}x8", base, b),
-                  lambda b=budget: factory_codes(f"OPQ{b},PQ{b}x8", f"OPQ{b},PQ{b}x8", base, b),
-                  lambda b=budget: factory_codes(f"PCA{b},SQ8", f"PCA{b},SQ8", base, b),
-                  lambda b=budget: lsh_codes(base, 8 * b),
-                  lambda b=budget: catalysed_codes(base, b, "pq", koleo, collection.train_extra),
-                  lambda b=budget: catalysed_codes(base, b, "sq", koleo, collection.train_extra)]
-        if pairs is not None:
-            makers.append(lambda b=budget: dcmh_codes(base, 8 * b, pairs, collection.query_modality))
-        for make in makers:
-            rows.append(measure(make(), collection, truth))
+        makers = {"pq": lambda b=budget: factory_codes(f"PQ{b}x8", f"PQ{b}x8", base, b),
+                  "opq": lambda b=budget: factory_codes(f"OPQ{b},PQ{b}x8", f"OPQ{b},PQ{b}x8", base, b),
+                  "pcasq": lambda b=budget: factory_codes(f"PCA{b},SQ8", f"PCA{b},SQ8", base, b),
+                  "lsh": lambda b=budget: lsh_codes(base, 8 * b),
+                  "catpq": lambda b=budget: catalysed_codes(base, b, "pq", koleo, collection.train_extra),
+                  "catsq": lambda b=budget: catalysed_codes(base, b, "sq", koleo, collection.train_extra),
+                  "dcmh": lambda b=budget: dcmh_codes(base, 8 * b, pairs, collection.query_modality)}
+        for method in methods:
+            if method == "dcmh" and pairs is None:
+                continue  # the hashing heads need image-caption pairs
+            rows.append(measure(makers[method](), collection, truth))
     return {"vectors": len(base), "dim": dim, "queries": len(collection.queries), "koleo_sweep": sweep,
             "koleo_chosen": koleo, "rows": rows}
 
@@ -385,6 +389,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="8,16,32,64")
     parser.add_argument("--koleo", default="0,0.01,0.03,0.1,0.3", help="KoLeo weights swept at 16 bytes")
     parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--methods", default=",".join(METHODS), help="which codes to measure")
     parser.add_argument("--photo-queries", choices=("captions", "images"), default="captions",
                         help="val captions (text -> image) or held-out photo views (image -> image)")
     parser.add_argument("--hash-lookup", default="", help="only the hash-lookup rows, at these DCMH code lengths")
@@ -392,6 +397,9 @@ def main() -> None:
     args = parser.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     koleo_weights = [float(w) for w in args.koleo.split(",")]
+    methods = tuple(m for m in args.methods.split(",") if m)
+    if unknown := set(methods) - set(METHODS):
+        sys.exit(f"unknown method(s) {sorted(unknown)}: choose from {', '.join(METHODS)}")
     results = {"machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                "faiss": faiss.__version__, "k": K, "rerank": RERANK, "collections": {}}
     if args.photos:
@@ -404,7 +412,7 @@ def main() -> None:
             results["collections"][collection.label] = {"hash_lookup": rows}
             save(args.out, results)
             return
-        result = bench_collection(collection, budgets, koleo_weights, pairs)
+        result = bench_collection(collection, budgets, koleo_weights, pairs, methods)
         if val:
             result["flickr8k_val"] = val_table(collection.base, val["images"], val["captions"], val["owners"],
                                                budgets, result["koleo_chosen"], pairs, collection.train_extra)
@@ -416,7 +424,7 @@ def main() -> None:
         label = (f"synthetic heavy-tailed {n:,} x {args.dim} ({args.clusters} overlapping clusters, Zipf sizes, "
                  f"Student-t)")
         collection = Collection(label, data[:n], data[n:n + q], data[n + q:])
-        results["collections"][label] = bench_collection(collection, budgets, koleo_weights, None)
+        results["collections"][label] = bench_collection(collection, budgets, koleo_weights, None, methods)
         save(args.out, results)
 
 

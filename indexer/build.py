@@ -24,7 +24,7 @@ from indexer.codes import DEFAULT_RERANK, CodeSpec
 from indexer.gallery import GalleryChanges, KnownImage, ScannedFile, scan_changes
 from indexer.pipeline import EncodedImages, encode_image_files
 from indexer.status import latest_build_source
-from indexer.vector_store import IndexSettings, VectorStore, Version, open_vector_store
+from indexer.vector_store import IndexSettings, VectorStore, VectorStoreError, Version, open_vector_store
 from models.data import DatasetError, SkipReport, load_records
 from models.encoders import Encoder, resolve_encoder
 
@@ -53,11 +53,10 @@ class BuildOptions:
 
     def resolved_against(self, previous: Version | None) -> BuildOptions:
         """These options with the codes settled: unless given, those of the version being replaced
-        (so a reindex keeps them); `rerank` alone changes the re-ranking of the kept codes."""
+        (so a reindex keeps them), and so is the re-ranking depth unless given."""
         kept = CodeSpec.from_manifest(previous.manifest) if previous is not None else None
-        if self.codes is not None or kept is None:
-            return replace(self, codes=self.codes or "float")
-        return replace(self, codes=str(kept), rerank=kept.rerank if self.rerank is None else self.rerank)
+        rerank = self.rerank if self.rerank is not None or kept is None else kept.rerank
+        return replace(self, codes=self.codes or (str(kept) if kept else "float"), rerank=rerank)
 
     def index_settings(self) -> IndexSettings:
         return IndexSettings(self.index_type, self.memory_budget, self.recall_target,
@@ -105,8 +104,8 @@ def build_index(*, gallery: str, encoder_spec: str, name: str, index_dir: Path,
     """Build (or incrementally update) index `name` from `gallery` with `encoder_spec`, in
     `vector_store` (faiss files under `index_dir` when None)."""
     options = options or BuildOptions()
-    options.code_spec()  # a misspelt --codes fails before anything is encoded
     store = vector_store or open_vector_store(None, index_dir)
+    _check_codes(options, store)
     started = time.perf_counter()
     gallery_path = Path(gallery)
     if not gallery_path.exists():
@@ -275,6 +274,7 @@ def publish_vectors(*, name: str, index_dir: Path, sessions: sessionmaker[Sessio
     caption_ids/caption_image_ids/caption_vectors; the catalogue rows those ids name must exist."""
     options = options or BuildOptions()
     store = vector_store or open_vector_store(None, index_dir)
+    _check_codes(options, store)
     encoder, encoder_path, checkpoint_hash = resolve_encoder(encoder_spec, options.device, options.backbone_runtime)
     for modality in ("image", "caption"):
         vectors = arrays[f"{modality}_vectors"]
@@ -291,6 +291,7 @@ def publish_vectors(*, name: str, index_dir: Path, sessions: sessionmaker[Sessio
         raise ValueError("caption_image_ids and caption_ids differ in length")
     with store.build_lock(name):
         reconcile(store, name, sessions)
+        options = options.resolved_against(store.current(name))
         with _new_version(sessions, store, name, gallery, encoder, encoder_path, checkpoint_hash) as (row, stage):
             with sessions() as session, session.begin():
                 _stage_and_activate(session, row, stage, arrays, encoder, store, options)
@@ -298,6 +299,12 @@ def publish_vectors(*, name: str, index_dir: Path, sessions: sessionmaker[Sessio
             store.switch(name, row.version)
         store.remove_old_versions(name, keep=options.keep_versions)
     return row.version
+
+
+def _check_codes(options: BuildOptions, store: VectorStore) -> None:
+    """A misspelt --codes, or codes for a store that cannot hold them, fail before anything is encoded."""
+    if options.code_spec() is not None and store.kind != "faiss":
+        raise VectorStoreError(f"compact codes ({options.codes}) are built by the faiss store only, not {store.kind}")
 
 
 def _reused(changes: GalleryChanges) -> list[tuple[ScannedFile, KnownImage]]:

@@ -151,6 +151,10 @@ def fit_codes(spec: CodeSpec, arrays: dict[str, np.ndarray], progress: bool = Tr
     """Learn the code model of a version from its arrays (vector_store.ARRAY_KEYS)."""
     if spec.kind == "binary":
         return _fit_hash_codes(spec, arrays, progress, seed)
+    dim = arrays["image_vectors"].shape[1]
+    if catalyser_dim(spec) > dim:
+        raise ValueError(f"catalysed:{spec.size} maps to {catalyser_dim(spec)} dimensions, more than the "
+                         f"encoder's {dim}: use at most catalysed:{dim // CATALYSER_SUBVECTOR}")
     sets = [arrays[key] for key in ("image_vectors", "caption_vectors") if len(arrays[key])]
     smallest = min((len(s) for s in sets), default=0)
     if smallest < 4:

@@ -122,18 +122,23 @@ def read_index(path: str, gpu: bool = False, mmap: bool = False) -> faiss.Index:
 
 
 # --- compact codes (indexer.codes): what a version holds instead of float vectors ---------------
+PQ_MIN_TRAIN = 256  # 8-bit sub-quantisers need at least this many training vectors
 def build_code_index(codes: np.ndarray, kind: str, seed: int = 0) -> tuple[faiss.Index | faiss.IndexBinary, str]:
     """An exhaustive index over codes, and its description: packed bits (uint8, N x bits/8) in an
     `IndexBinaryFlat` (Hamming), or catalysed vectors (float32) in a product quantiser of one byte
-    per two dimensions (fewer bits a sub-quantiser when there are fewer than 256 vectors to train on)."""
+    per two dimensions; fewer than PQ_MIN_TRAIN catalysed vectors, too few to train its 256
+    centroids a sub-quantiser, stay float in a flat index (a tiny gallery saves nothing anyway)."""
     if kind == "binary":
         index = faiss.IndexBinaryFlat(codes.shape[1] * 8)
         index.add(np.ascontiguousarray(codes, dtype=np.uint8))
         return index, f"BFlat{index.d}"
     vectors = np.ascontiguousarray(codes, dtype=np.float32)
     n, dim = vectors.shape
-    nbits = max(1, min(8, int(np.log2(max(n, 2)))))
-    factory = f"PQ{dim // 2}x{nbits}"
+    if n < PQ_MIN_TRAIN:
+        index = faiss.IndexFlatIP(dim)
+        index.add(vectors)
+        return index, f"Flat{dim}"
+    factory = f"PQ{dim // 2}x8"
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     index.pq.cp.seed = seed
     index.train(vectors)
@@ -146,7 +151,8 @@ def search_codes(index: faiss.Index | faiss.IndexBinary, query_codes: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) of the k nearest by code, best first, -1 rows padding. Hamming distances d
     become 1 - 2 d / bits, the cosine of the two +-1 codes. With `rerank` and the float `vectors`
-    (and the float `queries`), the `rerank` nearest by code are ordered by their exact inner product."""
+    (and the float `queries`), the max(k, rerank) nearest by code are ordered by their exact
+    inner product."""
     k = min(k, index.ntotal)
     wanted = min(max(k, rerank), index.ntotal) if vectors is not None and rerank else k
     distances, rows = index.search(query_codes, wanted)
@@ -161,6 +167,11 @@ def search_codes(index: faiss.Index | faiss.IndexBinary, query_codes: np.ndarray
     found = np.take_along_axis(rows, order, axis=1).astype(np.int64)
     found[~np.isfinite(best)] = -1
     return np.where(np.isfinite(best), best, 0.0).astype(np.float32), found
+
+
+def code_bytes(index: faiss.Index | faiss.IndexBinary) -> int:
+    """Bytes a vector takes in a code index."""
+    return int(index.code_size) if isinstance(index, faiss.IndexBinary) else int(index.sa_code_size())
 
 
 def write_code_index(index: faiss.Index | faiss.IndexBinary, path: str) -> None:

@@ -105,6 +105,8 @@ def _write_version(directory: Path, arrays: dict[str, np.ndarray], manifest: dic
     final = directory.parent / version_dirs.version_dirname(manifest["version"])  # where publish moves it
     manifest = {**manifest, **described, "store": "faiss", "location": str(final), "gpu": gpu and codes is None,
                 "codes": codes, "index_seconds": time.perf_counter() - started}
+    if codes is not None and not codes["rerank"]:  # scores are the codes', not the cosines it was fitted on
+        manifest["calibration"] = None
     (directory / "encoder.sha256").write_text(manifest["checkpoint_hash"] + "\n")
     (directory / version_dirs.MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -136,10 +138,11 @@ def _write_code_indexes(directory: Path, arrays: dict[str, np.ndarray], spec: Co
     model = fit_codes(spec, arrays, progress)
     fit_seconds = time.perf_counter() - started
     model.save(directory / CODES_FILE)
-    described = {}
+    described, code_bytes = {}, {}
     for modality in MODALITIES:
         vectors = arrays[f"{modality}_vectors"]
         index, factory = faiss_index.build_code_index(model.item_codes(modality, vectors), spec.kind)
+        code_bytes[modality] = faiss_index.code_bytes(index)
         faiss_index.write_code_index(index, str(directory / f"{modality}s.faiss"))
         other = other_modality(modality)
         asking = other if len(arrays[f"{other}_vectors"]) else modality
@@ -149,7 +152,7 @@ def _write_code_indexes(directory: Path, arrays: dict[str, np.ndarray], spec: Co
             "recall": _code_recall(CodeSearch(model, index, vectors), vectors, arrays[f"{asking}_vectors"], asking),
             "recall_queries": asking}
     return described, {"kind": spec.kind, "size": spec.size, "rerank": spec.rerank,
-                       "bytes_per_vector": spec.bytes_per_vector, "fit_seconds": round(fit_seconds, 2)}
+                       "bytes_per_vector": max(code_bytes.values()), "fit_seconds": round(fit_seconds, 2)}
 
 
 def _code_recall(search: CodeSearch, vectors: np.ndarray, candidates: np.ndarray, query_modality: str,

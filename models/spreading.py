@@ -116,7 +116,7 @@ def train_catalyser(vector_sets: Sequence[np.ndarray], config: CatalyserConfig, 
     drawn in all, in proportion to the sets' sizes."""
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
-    sets = _sampled_sets(vector_sets, config.sample, generator)
+    sets = _sampled_sets(vector_sets, config.sample, config.negatives + 1, generator)
     if min(len(s) for s in sets) <= config.negatives:
         raise ValueError(f"a catalyser needs more than {config.negatives} training vectors in each set, "
                          f"got {[len(s) for s in sets]}")
@@ -155,13 +155,16 @@ def train_catalyser(vector_sets: Sequence[np.ndarray], config: CatalyserConfig, 
     return trained
 
 
-def _sampled_sets(vector_sets: Sequence[np.ndarray], total: int, generator: torch.Generator) -> list[torch.Tensor]:
+def _sampled_sets(vector_sets: Sequence[np.ndarray], total: int, least: int, generator: torch.Generator
+                  ) -> list[torch.Tensor]:
+    """About `total` rows drawn in proportion to the sets' sizes, but at least `least` of each
+    (all of a smaller set): a set of 40 captions beside 50,000 images still gets its triplets."""
     if isinstance(vector_sets, np.ndarray):
         vector_sets = [vector_sets]
     sizes = [len(s) for s in vector_sets]
     sets = []
     for vectors, size in zip(vector_sets, sizes, strict=True):
         data = torch.from_numpy(np.ascontiguousarray(vectors, np.float32))
-        keep = max(1, round(total * size / max(sum(sizes), 1)))
+        keep = max(least, round(total * size / max(sum(sizes), 1)))
         sets.append(data[torch.randperm(size, generator=generator)[:keep]] if size > keep else data)
     return sets

@@ -158,20 +158,22 @@ class SearchService:
         return vector
 
     def combine(self, served: Served, terms: list[WeightedTerm], strict_words: bool) -> QueryVector:
-        """sum_i w_i * v_i over the terms' normalised vectors, re-normalised; its modality is that
-        of the heaviest term (an image for image - word + word)."""
-        if not terms:
-            raise BadQuery("give at least one term")
-        heaviest = max(terms, key=lambda term: abs(term.weight))
-        total = QueryVector(np.zeros(served.encoder.embed_dim, np.float32),
-                            "caption" if heaviest.text is not None else "image")
+        """sum_i w_i * v_i over the terms' normalised vectors, re-normalised. Its modality is that of
+        the larger part, |sum over texts| against |sum over images|: image - red + blue is an
+        image (the two words' difference is shorter than the photo's vector), ties too."""
+        parts = {modality: QueryVector(np.zeros(served.encoder.embed_dim, np.float32), modality)
+                 for modality in ("caption", "image")}
         for term in terms:
             if term.text is not None:
-                total.add(self.text_vector(served, term.text, strict_words), term.weight)
+                parts["caption"].add(self.text_vector(served, term.text, strict_words), term.weight)
             elif term.image is not None:
-                total.add(QueryVector(self.image_vector(served, term.image), "image"), term.weight)
+                parts["image"].add(QueryVector(self.image_vector(served, term.image), "image"), term.weight)
             else:
                 raise BadQuery("each term needs a text, an image id or an upload")
+        texts, images = parts["caption"], parts["image"]
+        larger = "caption" if np.linalg.norm(texts.vector) > np.linalg.norm(images.vector) else "image"
+        total = QueryVector(texts.vector + images.vector, larger, texts.warnings + images.warnings,
+                            texts.notes + images.notes)
         total.vector = normalise(total.vector)
         return total
 

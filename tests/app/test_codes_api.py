@@ -73,16 +73,41 @@ def test_binary_codes_answer_by_hamming_distance_from_the_query_code(coded_clien
         np.testing.assert_allclose([h["score"] for h in hits], 1 - 2 * distances[found] / 16)
 
 
-def test_every_query_kind_is_served_from_codes(coded_client):
+def test_every_query_kind_is_served_from_codes_hashed_by_its_own_modality(coded_client, monkeypatch):
+    import json
+
+    from indexer.codes import CatalysedCodes, HashCodes
+
     client, _ = coded_client
+    asked = []
+    for kind in (HashCodes, CatalysedCodes):
+        original = kind.query_codes
+        monkeypatch.setattr(kind, "query_codes", lambda self, modality, vectors, original=original:
+                            asked.append(modality) or original(self, modality, vectors))
     for name in ("binary", "catalysed"):
         some_id = _hits(client, "/api/search/text", q="a shape", k=1, index=name)[0]["id"]
+        asked.clear()
         assert _hits(client, "/api/search/text", q="a green triangle", k=5, index=name)
         assert _hits(client, "/api/search/image", image_id=some_id, k=5, index=name)
         image_hits = _hits(client, "/api/search/image", image_id=some_id, k=5, index=name, target="image")
         assert some_id not in [h["id"] for h in image_hits]
         assert _hits(client, "/api/search/arithmetic", image_id=some_id, minus="red", plus="blue", k=5, index=name)
+        texts_heavy = {"terms": [{"image_id": some_id, "weight": 0.2}, {"text": "a blue square"}], "k": 3,
+                       "index": name}
+        response = client.post("/api/search/compose", data={"query": json.dumps(texts_heavy)})
+        assert response.status_code == 200, response.text
+        # text, image -> captions, image -> images, image - word + word, mostly text
+        assert asked == ["caption", "image", "image", "image", "caption"]
     described = {entry["name"]: entry for entry in client.get("/api/stats").json()["indexes"]}
     assert described["binary"]["image_index"] == "BFlat16"
     assert described["reranked"]["image_index"] == "BFlat16,rerank1000"
-    assert described["catalysed"]["image_index"].startswith("PQ4x")
+    assert described["catalysed"]["image_index"].startswith("PQ4x8") or \
+        described["catalysed"]["image_index"].startswith("Flat8")
+
+
+def test_min_relevance_is_refused_on_codes_without_re_ranking(coded_client):
+    client, _ = coded_client
+    response = client.get("/api/search/text", params={"q": "a circle", "index": "binary", "min_relevance": 0.5})
+    assert response.status_code == 400 and "no relevance calibration" in response.json()["detail"]
+    reranked = client.get("/api/search/text", params={"q": "a circle", "index": "reranked", "min_relevance": 0.01})
+    assert reranked.status_code == 200

@@ -153,10 +153,70 @@ def test_cli_builds_codes_and_refuses_a_bad_spec_in_one_line(gallery, encoder_ch
     from tests.indexer.test_build import _cli
 
     env = {"DATABASE_URL": f"sqlite:///{tmp_path / 'cat.db'}", "INDEX_DIR": str(tmp_path / "idx")}
-    args = ("index", "--gallery", str(gallery), "--encoder", str(encoder_checkpoint), "--name", "demo", "--workers", "0")
+    args = ("index", "--gallery", str(gallery), "--encoder", str(encoder_checkpoint), "--name", "demo",
+            "--workers", "0")
     built = _cli(env, *args, "--codes", "binary:16", "--rerank", "50")
     assert built.returncode == 0, built.stderr
     assert "image index BFlat16,rerank50" in built.stdout and "DCMH 16 bits" in built.stderr  # progress bar
     assert "up to date at version 1" in _cli(env, "admin", "reindex").stdout  # the codes are kept
     bad = _cli(env, *args, "--codes", "binary:12")
     assert bad.returncode == 1 and "multiple of 8" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_catalysed_codes_for_a_gallery_without_captions_and_a_tiny_modality(tmp_path):
+    arrays = _paired_arrays(images=30, per_image=1)
+    store = FaissFileStore(tmp_path / "indexes")
+    manifest = {"name": "cat", "checkpoint_hash": "0" * 64}
+    # 30 captions: too few to train 8-bit sub-quantisers, kept float; 30 images likewise
+    stored = store.stage("cat", 1, arrays, {**manifest, "version": 1}, IndexSettings(codes=CodeSpec("catalysed", 4)))
+    assert stored["image_index"]["factory"].startswith("Flat8") and stored["codes"]["bytes_per_vector"] == 32
+    no_captions = {**arrays, "caption_ids": arrays["caption_ids"][:0], "caption_image_ids": arrays["caption_ids"][:0],
+                   "caption_vectors": arrays["caption_vectors"][:0]}
+    stored = store.stage("cat", 2, no_captions, {**manifest, "version": 2},
+                         IndexSettings(codes=CodeSpec("catalysed", 4, rerank=0)))
+    assert stored["image_index"]["recall_queries"] == "image" and stored["calibration"] is None
+    store.switch("cat", 2)
+    version = store.open(store.current("cat"))
+    assert version.search("image", arrays["image_vectors"][:2], 3)[1].shape == (2, 3)
+    assert version.search("caption", arrays["image_vectors"][:2], 3)[1].shape == (2, 0)
+
+
+def test_a_catalyser_wider_than_the_embedding_is_refused():
+    with pytest.raises(ValueError, match="at most catalysed:12"):
+        fit_codes(CodeSpec("catalysed", 16), _paired_arrays(dim=24), progress=False)
+
+
+def test_few_captions_beside_many_images_still_train_a_catalyser():
+    arrays = _paired_arrays(images=2000, per_image=1)
+    for key in ("caption_ids", "caption_image_ids", "caption_vectors"):
+        arrays[key] = arrays[key][:40]
+    model = fit_codes(CodeSpec("catalysed", 4), arrays, progress=False)
+    assert model.item_codes("caption", arrays["caption_vectors"]).shape == (40, 8)
+
+
+def test_publish_vectors_keeps_the_codes_of_the_version_it_replaces(encoder_checkpoint, tmp_path, sessions):
+    from indexer.build import publish_vectors
+    from tests.indexer.test_build import _catalogue_rows
+
+    image_ids, caption_ids = _catalogue_rows(sessions, 60)
+    arrays = _paired_arrays(images=60, per_image=1, dim=32)
+    arrays.update(image_ids=np.asarray(image_ids), caption_ids=np.asarray(caption_ids),
+                  caption_image_ids=np.asarray(image_ids))
+    common = {"name": "pub", "index_dir": tmp_path / "idx", "sessions": sessions, "gallery": "/imported",
+              "encoder_spec": str(encoder_checkpoint), "arrays": arrays}
+    publish_vectors(**common, options=BuildOptions(progress=False, codes="binary:16"))
+    publish_vectors(**common, options=BuildOptions(progress=False))
+    assert FaissFileStore(tmp_path / "idx").current("pub").manifest["codes"]["kind"] == "binary"
+
+
+def test_a_milvus_store_refuses_codes_before_encoding(gallery, encoder_checkpoint, tmp_path, sessions, monkeypatch):
+    from indexer import build
+
+    class NotFaiss(FaissFileStore):
+        kind = "milvus"
+
+    monkeypatch.setattr(build, "resolve_encoder", lambda *a: pytest.fail("encoded before refusing"))
+    with pytest.raises(VectorStoreError, match="faiss store only"):
+        build_index(gallery=str(gallery), encoder_spec=str(encoder_checkpoint), name="m", index_dir=tmp_path,
+                    sessions=sessions, options=BuildOptions(progress=False, codes="binary:16"),
+                    vector_store=NotFaiss(tmp_path))
