@@ -5,11 +5,15 @@ indexing throughput. Prints tables and writes JSON.
     python bench/index_bench.py --sizes 100000,1000000           # synthetic, 512-d
     python bench/index_bench.py --sizes 20000 --quick            # a smoke run
     python bench/index_bench.py --sizes 100000 --flickr8k runs/flickr8k_vse_minilm/model_best.pt
+    python bench/index_bench.py --sizes 100000 --hard --photos .cache/imgsearch/photo_embeddings.npy
 
 Uniformly random vectors have no neighbours worth finding, so the synthetic set is a mixture of
 anisotropic Gaussian clusters of low intrinsic dimension. The search parameter (efSearch/nprobe)
 is the smallest power of two whose recall@10 against exact search reaches the target, tuned on
-a separate set of queries from the ones measured (as autofaiss does).
+a separate set of queries from the ones measured (as autofaiss does). `--hard` uses the codes
+bench's harder set instead (overlapping heavy-tailed clusters of Zipf sizes, whose count has
+nothing to do with nlist); `--photos` adds real photo embeddings (`bench/photo_embeddings.py`:
+views of every Flickr8k photo) with held-out views as queries.
 """
 
 from __future__ import annotations
@@ -166,6 +170,8 @@ def main() -> None:
     add_vector_options(parser, queries=1000)
     parser.add_argument("--kinds", default="flat,hnsw,ivfpq")
     parser.add_argument("--flickr8k", type=Path, help="a trained checkpoint: also bench its Flickr8k embeddings")
+    parser.add_argument("--hard", action="store_true", help="the harder synthetic set (see bench/codes_bench.py)")
+    parser.add_argument("--photos", type=Path, help="photo embeddings from bench/photo_embeddings.py")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "index_bench.json")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
@@ -173,13 +179,28 @@ def main() -> None:
                      "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads(), "k": K,
                      "target": args.target, "collections": {}}
     for n in [int(s) for s in args.sizes.split(",") if s]:
-        data = structured_vectors(n + 2 * args.queries, args.dim, args.clusters, args.intrinsic, seed=n)
+        if args.hard:
+            from bench.codes_bench import heavy_tailed_vectors
+
+            data = heavy_tailed_vectors(n + 2 * args.queries, args.dim, 3000, 24, seed=n)
+            label = f"synthetic heavy-tailed {n:,} x {args.dim} (3000 overlapping clusters, Zipf sizes, Student-t)"
+        else:
+            data = structured_vectors(n + 2 * args.queries, args.dim, args.clusters, args.intrinsic, seed=n)
+            label = f"synthetic {n:,} x {args.dim} ({args.clusters} clusters, intrinsic dim {args.intrinsic})"
         base, queries, tune = data[:n], data[n:n + args.queries], data[n + args.queries:]
-        label = f"synthetic {n:,} x {args.dim} ({args.clusters} clusters, intrinsic dim {args.intrinsic})"
         rows = bench_collection(label, base, queries, tune, args.target, kinds)
         print_table(label, rows)
         results["collections"][label] = rows
         del data, base
+    if args.photos:
+        photos = np.load(args.photos)
+        held_out = np.random.default_rng(2).permutation(len(photos))[:2 * args.queries]
+        base = np.delete(photos, held_out, axis=0)
+        label = f"Flickr8k photo embeddings ({len(photos):,} views of 7,000 photos), held-out views as queries"
+        rows = bench_collection(label, base, photos[held_out[:args.queries]], photos[held_out[args.queries:]],
+                                args.target, kinds)
+        print_table(label, rows)
+        results["collections"][label] = rows
     if args.flickr8k:
         embeddings = flickr8k_embeddings(args.flickr8k)
         for modality, vectors in embeddings.items():
