@@ -254,7 +254,9 @@ METHODS = ("pq", "opq", "pcasq", "lsh", "catpq", "catsq", "dcmh")
 
 
 def bench_collection(collection: Collection, budgets: list[int], koleo_weights: list[float],
-                     pairs: dict | None, methods: tuple[str, ...] = METHODS) -> dict:
+                     pairs: dict | None, methods: tuple[str, ...] = METHODS, on_row=None) -> dict:
+    """Every method at every budget; `on_row(result so far)` after each row (the JSON is written
+    as the rows come: a long run stopped early keeps what it measured)."""
     base = collection.base
     print(f"\n== {collection.label}: {len(base):,} x {base.shape[1]}, {len(collection.queries)} queries", flush=True)
     _, truth = exact_search(base, collection.queries, K)
@@ -262,6 +264,8 @@ def bench_collection(collection: Collection, budgets: list[int], koleo_weights: 
     print(f"KoLeo weight chosen: {koleo:g}\n{header()}", flush=True)
     rows = [float_row(collection, truth)]
     dim = base.shape[1]
+    result = {"vectors": len(base), "dim": dim, "queries": len(collection.queries), "koleo_sweep": sweep,
+              "koleo_chosen": koleo, "rows": rows}
     for budget in budgets:
         makers = {"pq": lambda b=budget: factory_codes(f"PQ{b}x8", f"PQ{b}x8", base, b),
                   "opq": lambda b=budget: factory_codes(f"OPQ{b},PQ{b}x8", f"OPQ{b},PQ{b}x8", base, b),
@@ -274,8 +278,9 @@ def bench_collection(collection: Collection, budgets: list[int], koleo_weights: 
             if method == "dcmh" and pairs is None:
                 continue  # the hashing heads need image-caption pairs
             rows.append(measure(built(makers[method]()), collection, truth))
-    return {"vectors": len(base), "dim": dim, "queries": len(collection.queries), "koleo_sweep": sweep,
-            "koleo_chosen": koleo, "rows": rows}
+            if on_row:
+                on_row(result)
+    return result
 
 
 # --- hash lookup -------------------------------------------------------------------------------
@@ -429,7 +434,11 @@ def main() -> None:
             results["collections"][collection.label] = {"hash_lookup": rows}
             save(args.out, results)
             return
-        result = bench_collection(collection, budgets, koleo_weights, pairs, methods)
+        def partial(result: dict) -> None:
+            results["collections"][collection.label] = result
+            save(args.out, results)
+
+        result = bench_collection(collection, budgets, koleo_weights, pairs, methods, partial)
         if val:
             result["flickr8k_val"] = val_table(collection.base, val["images"], val["captions"], val["owners"],
                                                budgets, result["koleo_chosen"], pairs, collection.train_extra)
@@ -441,7 +450,12 @@ def main() -> None:
         label = (f"synthetic heavy-tailed {n:,} x {args.dim} ({args.clusters} overlapping clusters, Zipf sizes, "
                  f"Student-t)")
         collection = Collection(label, data[:n], data[n:n + q], data[n + q:])
-        results["collections"][label] = bench_collection(collection, budgets, koleo_weights, None, methods)
+        def partial_synthetic(result: dict) -> None:
+            results["collections"][label] = result
+            save(args.out, results)
+
+        results["collections"][label] = bench_collection(collection, budgets, koleo_weights, None, methods,
+                                                         partial_synthetic)
         save(args.out, results)
 
 
