@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.hashing import DCMHConfig, HashingHead, train_dcmh
+from models.hashing import DCMHConfig, HashingHead, binary_codes, train_dcmh
 from models.spreading import Catalyser, CatalyserConfig, train_catalyser
 
 KINDS = ("binary", "catalysed")
@@ -65,10 +65,6 @@ class CodeSpec:
         stored = manifest.get("codes")
         return None if not stored else cls(stored["kind"], int(stored["size"]), int(stored["rerank"]))
 
-    @property
-    def bytes_per_vector(self) -> int:
-        return self.size // 8 if self.kind == "binary" else self.size
-
     def __str__(self) -> str:
         return f"{self.kind}:{self.size}"
 
@@ -104,8 +100,7 @@ class HashCodes(CodeModel):
     def _codes(self, side: str, vectors: np.ndarray) -> np.ndarray:
         mean, spread = self.scaling[side]
         inputs = (torch.from_numpy(np.ascontiguousarray(vectors, np.float32)) - mean) / spread
-        bits = (self.heads[side].eval()(inputs) >= 0).numpy()
-        return np.packbits(bits.astype(np.uint8), axis=1)
+        return binary_codes(self.heads[side].eval()(inputs))
 
     def item_codes(self, modality: str, vectors: np.ndarray) -> np.ndarray:
         return self._codes(_side(modality), vectors)
