@@ -11,7 +11,8 @@ that projection are trained (the ranking and imagine terms of a full GXN run are
 the decoders, not the rest of GXN, are what differs). Each decoder: `--epochs` epochs of
 cross-entropy over every training caption (Adam, lr 4e-4 halved every `--halve-every` epochs, dropout 0.3, batch
 128), then `--scst-steps` self-critical steps on CIDEr-D (`--scst-lr`, batch 64 images; Stack-Cap with
-its multi-stage reward). Scores are corpus BLEU and CIDEr-D against the val images' five captions
+its multi-stage reward; `--scst-samples` and `--scst-mark-end` for the leave-one-out baseline and the
+end-of-caption token). Scores are corpus BLEU and CIDEr-D against the val images' five captions
 (`models.caption_metrics`). Writes a table, JSON (default bench/results/caption_decoders.json) and,
 for the best decoder after SCST, ten val images with their beam captions (PNG).
 """
@@ -117,16 +118,17 @@ def train_cross_entropy(model: Captioner, maps: torch.Tensor, captions: list[lis
 
 
 def train_self_critical(model: Captioner, maps: torch.Tensor, captions: list[list[str]], steps: int,
-                        label: str, lr: float = 2e-5) -> list[float]:
-    cider = CiderD(captions)
+                        label: str, lr: float = 2e-5, samples: int = 1, mark_end: bool = False,
+                        images_per_step: int = 64) -> list[float]:
+    cider = CiderD(captions, mark_end=mark_end)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     rewards = []
     for _ in tqdm(range(steps), desc=f"{label} scst", unit="step"):
         model.train()
-        images = torch.randint(len(maps), (64,))
+        images = torch.randint(len(maps), (images_per_step,))
         references = [captions[i] for i in images.tolist()]
-        features, regions = model.inputs(maps[images, torch.randint(maps.shape[1], (64,))])
-        loss, reward = self_critical_loss(model.decoder, cider, features, regions, references)
+        features, regions = model.inputs(maps[images, torch.randint(maps.shape[1], (images_per_step,))])
+        loss, reward = self_critical_loss(model.decoder, cider, features, regions, references, samples)
         optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -163,7 +165,14 @@ def main() -> None:
     parser.add_argument("--scst-steps", type=int, default=150)
     parser.add_argument("--halve-every", type=int, default=1, help="halve the cross-entropy rate every N epochs")
     parser.add_argument("--scst-lr", type=float, default=2e-5)
+    parser.add_argument("--scst-samples", type=int, default=1, help="captions sampled per image; with 2 or "
+                        "more the baseline is the other samples' mean reward instead of the greedy caption's")
+    parser.add_argument("--scst-mark-end", action="store_true",
+                        help="count an end-of-caption token in the CIDEr-D reward (punishes dangling endings)")
+    parser.add_argument("--scst-images", type=int, default=64, help="images per self-critical step")
     parser.add_argument("--save-dir", type=Path, help="keep each trained captioner's state dict here")
+    parser.add_argument("--from-xent", type=Path, help="skip cross-entropy: load each decoder's "
+                        "captioner_<decoder>_xent.pt from this --save-dir of an earlier run")
     parser.add_argument("--beam", type=int, default=3)
     parser.add_argument("--min-word-count", type=int, default=5)
     parser.add_argument("--val-images", type=int, help="score on the first N val images only (a quick check)")
@@ -186,27 +195,39 @@ def main() -> None:
     references = [list(r.captions) for r in val.records][: len(val_maps)]
     results = {"data": str(args.data), "train_images": len(train), "val_images": len(val_maps),
                "vocabulary": len(vocab), "epochs": args.epochs, "halve_every": args.halve_every,
-               "scst_steps": args.scst_steps, "scst_lr": args.scst_lr, "sizes": SIZES,
+               "scst_steps": args.scst_steps, "scst_lr": args.scst_lr, "scst_samples": args.scst_samples,
+               "scst_mark_end": args.scst_mark_end, "scst_images": args.scst_images, "sizes": SIZES,
                "decoders": {}}
     for spec in args.decoders.split(","):
         torch.manual_seed(0)
         kind, options = parse_decoder(spec)
         decoder = build_caption_decoder(kind, vocab, SIZES["hidden_dim"], train_maps.shape[2], {**SIZES, **options})
         model = Captioner(decoder, train_maps.shape[2], SIZES["hidden_dim"])
-        started = time.perf_counter()
-        xent = train_cross_entropy(model, train_maps, train_captions, args.epochs, spec, args.halve_every)
-        entry = {"parameters": sum(p.numel() for p in model.parameters()), "xent_losses": xent,
-                 "xent_minutes": (time.perf_counter() - started) / 60, "xent": evaluate(model, val_maps, references,
-                                                                                         args.beam)}
+        entry = {"parameters": sum(p.numel() for p in model.parameters())}
+        name = spec.replace(":", "_")
+        if args.from_xent:
+            # self-critical variants compared from one cross-entropy model
+            model.load_state_dict(torch.load(args.from_xent / f"captioner_{name}_xent.pt", weights_only=True))
+            entry["xent_from"] = str(args.from_xent)
+        else:
+            started = time.perf_counter()
+            entry["xent_losses"] = train_cross_entropy(model, train_maps, train_captions, args.epochs, spec,
+                                                       args.halve_every)
+            entry["xent_minutes"] = (time.perf_counter() - started) / 60
+            if args.save_dir:
+                args.save_dir.mkdir(parents=True, exist_ok=True)
+                torch.save(model.state_dict(), args.save_dir / f"captioner_{name}_xent.pt")
+        entry["xent"] = evaluate(model, val_maps, references, args.beam)
         started = time.perf_counter()
         entry["scst_rewards"] = train_self_critical(model, train_maps, train_captions, args.scst_steps, spec,
-                                                    args.scst_lr)
+                                                    args.scst_lr, args.scst_samples, args.scst_mark_end,
+                                                    args.scst_images)
         entry["scst_minutes"] = (time.perf_counter() - started) / 60
         entry["scst"] = evaluate(model, val_maps, references, args.beam)
         results["decoders"][spec] = entry
         if args.save_dir:
             args.save_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), args.save_dir / f"captioner_{spec.replace(':', '_')}.pt")
+            torch.save(model.state_dict(), args.save_dir / f"captioner_{name}.pt")
         print_table(results, args.beam)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))

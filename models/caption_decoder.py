@@ -323,25 +323,48 @@ def stage_advantages(rewards: torch.Tensor, baselines: torch.Tensor) -> torch.Te
     return advantages
 
 
+def leave_one_out_baseline(rewards: torch.Tensor, samples: int) -> torch.Tensor:
+    """rewards (stages, N * samples), each image's samples side by side -> for every sample the mean
+    reward of its image's *other* samples: a baseline that needs no extra decoding and does not
+    depend on the sample it judges."""
+    if samples < 2 or rewards.shape[-1] % samples:
+        raise ValueError(f"a leave-one-out baseline needs >= 2 samples per image and a multiple of them, "
+                         f"got {samples} samples and {rewards.shape[-1]} rewards")
+    grouped = rewards.view(rewards.shape[0], -1, samples)
+    return ((grouped.sum(dim=-1, keepdim=True) - grouped) / (samples - 1)).view_as(rewards)
+
+
 def self_critical_loss(decoder: CaptionDecoder, cider: Any, features: torch.Tensor, regions: torch.Tensor,
-                       references: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """REINFORCE with each stage's greedy caption as its baseline (and, for Stack-Cap's fine
-    stages, the previous stage's sample too; `stage_advantages`):
-    -sum_stages advantage * log p(sample), averaged over images. `cider` scores the captions
-    (`CiderD.scores`) against `references`, one list per image. Returns (the loss, the last stage's
-    mean sampled reward)."""
-    sampled, log_prob = decoder.sample(features, regions)
-    was_training = decoder.training
-    decoder.eval()  # the baseline is the caption the model would give, without dropout
-    greedy = decoder.greedy_stages(features.detach(), regions.detach())
-    decoder.train(was_training)
+                       references: list[list[str]], samples: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE on the caption reward: -sum_stages advantage * log p(sample), averaged over samples.
 
-    def rewards(stages: list[list[list[int]]]) -> torch.Tensor:
-        return torch.stack([torch.as_tensor(cider.scores([decoder.decode(c) for c in captions], references),
-                                            dtype=log_prob.dtype) for captions in stages]).to(log_prob.device)
+    With one sample per image the baseline is each stage's greedy caption (Rennie et al.); with
+    `samples` >= 2 it is the mean reward of the image's other samples (`leave_one_out_baseline`).
+    For Stack-Cap's fine stages the previous stage's sample counts too (`stage_advantages`).
+    `cider` scores the captions (`CiderD.scores`) against `references`, one list per image.
+    Returns (the loss, the last stage's mean sampled reward)."""
+    if samples < 1:
+        raise ValueError(f"self-critical training needs at least one sample per image, got {samples}")
 
-    reward = rewards(sampled)
-    advantage = stage_advantages(reward, rewards(greedy))
+    def rewards(stages: list[list[list[int]]], refs: list[list[str]]) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(cider.scores([decoder.decode(c) for c in captions], refs),
+                                            dtype=features.dtype) for captions in stages]).to(features.device)
+
+    if samples == 1:
+        sampled, log_prob = decoder.sample(features, regions)
+        was_training = decoder.training
+        decoder.eval()  # the baseline is the caption the model would give, without dropout
+        greedy = decoder.greedy_stages(features.detach(), regions.detach())
+        decoder.train(was_training)
+        reward = rewards(sampled, references)
+        baseline = rewards(greedy, references)
+    else:
+        references = [refs for refs in references for _ in range(samples)]
+        sampled, log_prob = decoder.sample(features.repeat_interleave(samples, dim=0),
+                                           regions.repeat_interleave(samples, dim=0))
+        reward = rewards(sampled, references)
+        baseline = leave_one_out_baseline(reward, samples)
+    advantage = stage_advantages(reward, baseline)
     return -(advantage * log_prob).sum(dim=0).mean(), reward[-1].mean().detach().cpu()
 
 

@@ -8,6 +8,11 @@ CIDEr-D, for a candidate c and the references S of its image, over n = 1..4:
     CIDEr-D(c, S) = 10 * mean_n mean_{s in S} sim_n(c, s)
 The document frequencies come from a reference corpus (`CiderD(references)`), so a reward for
 self-critical training is computed against the training captions, an evaluation against val's.
+
+As a self-critical reward, `CiderD(..., mark_end=True)` ends every caption, candidate and reference,
+with an end-of-caption token before counting n-grams: a caption that stops mid-phrase ("a man is
+riding a") then loses the n-grams that end a reference ("a horse <end>") instead of scoring like
+its complete prefix, which is what lets self-critical training learn dangling endings.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 from models.vocab import tokenize
 
 MAX_N = 4
+END_OF_CAPTION = "<end>"  # never a word: `words` keeps only tokens with a letter or digit
 
 
 def words(text: str) -> list[str]:
@@ -58,19 +64,24 @@ def bleu(candidates: Sequence[str], references: Sequence[Sequence[str]], max_n: 
 
 
 class CiderD:
-    """CIDEr-D with document frequencies from `corpus` (one list of reference captions per image)."""
+    """CIDEr-D with document frequencies from `corpus` (one list of reference captions per image);
+    `mark_end` counts an end-of-caption token as the last word of every caption."""
 
-    def __init__(self, corpus: Sequence[Sequence[str]], sigma: float = 6.0):
-        self.sigma = sigma
+    def __init__(self, corpus: Sequence[Sequence[str]], sigma: float = 6.0, mark_end: bool = False):
+        self.sigma, self.mark_end = sigma, mark_end
         self.log_images = math.log(max(1, len(corpus)))
         self.document_frequency: Counter = Counter()
         for refs in corpus:
             seen = set()
             for ref in refs:
-                tokens = words(ref)
+                tokens = self._tokens(ref)
                 for n in range(1, MAX_N + 1):
                     seen.update(ngrams(tokens, n))
             self.document_frequency.update(seen)
+
+    def _tokens(self, caption: str) -> list[str]:
+        tokens = words(caption)
+        return tokens + [END_OF_CAPTION] if self.mark_end and tokens else tokens
 
     def _vectors(self, tokens: list[str]) -> list[tuple[dict, float]]:
         """Per n: the TF-IDF vector and its norm."""
@@ -82,11 +93,11 @@ class CiderD:
         return out
 
     def score(self, candidate: str, references: Sequence[str]) -> float:
-        tokens = words(candidate)
+        tokens = self._tokens(candidate)
         hypothesis = self._vectors(tokens)
         total = 0.0
         for ref in references:
-            ref_tokens = words(ref)
+            ref_tokens = self._tokens(ref)
             penalty = math.exp(-((len(tokens) - len(ref_tokens)) ** 2) / (2 * self.sigma ** 2))
             for (vec_h, norm_h), (vec_r, norm_r) in zip(hypothesis, self._vectors(ref_tokens), strict=True):
                 if norm_h and norm_r:

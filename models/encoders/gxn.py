@@ -11,7 +11,9 @@ product is s*, so faiss serves GXN like any other encoder.
 
 Look (image -> text). A caption decoder (`caption_decoder.py`) attends over the CNN's feature-map
 regions and starts from the concrete image feature v_l; cross-entropy, then optionally
-self-critical training (REINFORCE, greedy caption as baseline, CIDEr-D reward).
+self-critical training (REINFORCE on the CIDEr-D reward; the greedy caption as baseline, or with
+`caption.scst_samples` >= 2 the image's other samples; `caption.scst_mark_end` counts the end of
+the caption in the reward).
 
 Imagine (text -> image). Conditioning augmentation on the concrete text feature t_l, a generator
 of small images and a matching-aware discriminator (`imagine.py`). The discriminator is trained in
@@ -135,6 +137,8 @@ class GXN(Encoder):
         self.caption_weight = float(caption.get("weight", 1.0))
         self.scst_from_epoch = caption.get("scst_from_epoch")
         self.scst_weight = float(caption.get("scst_weight", 1.0))
+        self.scst_samples = int(caption.get("scst_samples", 1))
+        self.scst_mark_end = bool(caption.get("scst_mark_end", False))
         self.beam_width = int(caption.get("beam_width", 3))
         self.decoder = build_caption_decoder(caption.get("decoder", "attention"), vocab, level,
                                              self.image_tower.region_dim, caption) if self.caption_weight else None
@@ -325,9 +329,9 @@ class GXN(Encoder):
         if image_ids is None or not self._references:
             raise ValueError("self-critical training needs the training captions (attach_training_records)")
         if self._cider is None:
-            self._cider = CiderD(self._references)
+            self._cider = CiderD(self._references, mark_end=self.scst_mark_end)
         references = [self._references[i] for i in image_ids.tolist()]
-        return self_critical_loss(self.decoder, self._cider, features, regions, references)
+        return self_critical_loss(self.decoder, self._cider, features, regions, references, self.scst_samples)
 
     def _gan_pixels(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
         """uint8 training pixels (or the thumbnails beside cached features) -> [-1, 1] at the generator's size."""

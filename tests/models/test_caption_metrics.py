@@ -53,3 +53,18 @@ def test_cider_d_averages_over_references_and_the_corpus():
     assert list(scorer.scores(["a dog runs", "a cat sits"], CORPUS)) == pytest.approx([7.5, 7.5])
     assert cider_d(["a dog runs", "a cat sits"], CORPUS) == pytest.approx(7.5)
     assert scorer.score("", ["a dog runs"]) == 0.0
+
+
+def test_cider_d_with_the_end_marker_punishes_a_dangling_ending():
+    corpus = [["a dog runs on the grass"], ["a cat sits"]]
+    plain, marked = CiderD(corpus), CiderD(corpus, mark_end=True)
+    references = ["a dog runs on the grass"]
+    # every n-gram of the prefix is in the reference, so without the marker only the length
+    # penalty tells the cut caption from the whole one
+    dangling, whole = "a dog runs on the", "a dog runs on the grass"
+    assert marked.score(whole, references) == pytest.approx(10.0 * 4 / 4)  # 4-grams exist now: all match
+    plain_ratio = plain.score(dangling, references) / plain.score(whole, references)
+    marked_ratio = marked.score(dangling, references) / marked.score(whole, references)
+    assert marked_ratio < plain_ratio - 0.05
+    # the marker is not a word: captions are still only their words, and an empty one scores 0
+    assert marked.score("", references) == 0.0

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models import create_encoder, load_encoder
+from models.caption_decoder import leave_one_out_baseline
 from models.data import load_records, select_split
 from models.training import TrainConfig, train
 from models.training.trainer import _parameter_groups
@@ -247,3 +248,37 @@ def test_the_reconstruction_term_makes_the_imagined_picture_follow_its_text():
     red, blue = imagined
     assert red[0] > red[2] + 60 and blue[2] > blue[0] + 60, imagined
 
+
+
+def test_leave_one_out_baseline_is_the_mean_of_the_other_samples():
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 10.0, 20.0, 30.0]])  # one stage, two images, three samples each
+    expected = torch.tensor([[2.5, 2.0, 1.5, 25.0, 20.0, 15.0]])
+    assert torch.allclose(leave_one_out_baseline(rewards, 3), expected)
+    with pytest.raises(ValueError, match="multiple"):
+        leave_one_out_baseline(rewards, 4)
+
+
+def test_self_critical_loss_with_several_samples_uses_the_leave_one_out_baseline(scenes, monkeypatch):
+    records = select_split(load_records(scenes), "train")
+    vocab = Vocabulary.build([c for r in records for c in r.captions])
+    encoder = create_encoder("gxn_tiny", vocab=vocab, overrides={
+        "caption": {"scst_from_epoch": 0, "scst_samples": 2, "scst_mark_end": True}}).train()
+    encoder.attach_training_records(records)
+    losses = encoder.training_losses(_images(), [r.captions[0] for r in records[:4]], 0, torch.arange(4))
+    assert torch.isfinite(losses["scst"]) and encoder._cider.mark_end
+    seen = {}
+
+    def sample(features, regions):
+        seen["rows"] = len(features)
+        return [[[5], [6], [7], [8]]], log_prob
+
+    log_prob = torch.tensor([[-1.0, -2.0, -3.0, -4.0]], requires_grad=True)  # two images, two samples each
+    monkeypatch.setattr(encoder.decoder, "sample", sample)
+    monkeypatch.setattr(encoder.decoder, "greedy_stages", lambda f, r: pytest.fail("no greedy baseline"))
+    values = {5: 1.0, 6: 3.0, 7: 0.5, 8: 2.0}
+    monkeypatch.setattr(encoder._cider, "scores", lambda cands, refs: np.array([values[vocab.index[c]] for c in cands]))
+    loss, mean_reward = encoder._self_critical_loss(torch.zeros(2, 32), torch.zeros(2, 16, 128), torch.arange(2))
+    assert seen["rows"] == 4  # each image sampled twice
+    advantages = torch.tensor([1.0 - 3.0, 3.0 - 1.0, 0.5 - 2.0, 2.0 - 0.5])
+    assert float(loss.detach()) == pytest.approx(float(-(advantages * log_prob).mean().detach()))
+    assert float(mean_reward) == pytest.approx(1.625)
