@@ -20,6 +20,7 @@ On the synthetic scenes, where the truth is known, two more checks:
 R-precision (AttnGAN's, under the GXN's own embedding, among 100 captions) of the imagined images,
 of the real images, and of a generator that ignores its text (`r_precision`).
 Writes a table to stdout, JSON (default bench/results/gxn_generation_RUN.json) and the grid PNG.
+A GXN trained without its generator (imagine weight 0) gets the caption part alone.
 """
 
 from __future__ import annotations
@@ -72,9 +73,11 @@ def serving_latency(encoder, split, count: int = 50) -> dict:
 
     images = [split.pixels[i:i + 1] for i in range(min(count, len(split)))]
     texts = [[r.captions[0]] for r in split.records[:count]]
-    return {"describe_greedy_ms": median_ms(lambda x: encoder.describe(x, beam_width=1), images),
-            f"describe_beam{encoder.beam_width}_ms": median_ms(encoder.describe, images),
-            "imagine_ms": median_ms(encoder.imagine, texts)}
+    out = {"describe_greedy_ms": median_ms(lambda x: encoder.describe(x, beam_width=1), images),
+           f"describe_beam{encoder.beam_width}_ms": median_ms(encoder.describe, images)}
+    if encoder.imagines_texts:
+        out["imagine_ms"] = median_ms(encoder.imagine, texts)
+    return out
 
 
 def mentioned_objects(caption: str) -> set[tuple[str, str]]:
@@ -298,24 +301,21 @@ def main() -> None:
         encoder = load_encoder(args.checkpoint)
     except CheckpointError as error:
         sys.exit(f"error: {error}")
-    if not (encoder.describes_images and encoder.imagines_texts):
-        sys.exit(f"{args.checkpoint}: encoder {encoder.name!r} has no caption decoder or no image generator")
+    if not encoder.describes_images:
+        sys.exit(f"{args.checkpoint}: encoder {encoder.name!r} has no caption decoder")
     run = args.checkpoint.parent.name + ("" if args.checkpoint.name == "model_best.pt" else f"_{args.checkpoint.stem}")
     records = load_records(args.data)
     split = decode_split(records, args.split, encoder.image_size, progress=False)
     result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split)}
     result["captions"], beam_captions = caption_quality(encoder, split, args.beam)
-    result["condition"] = condition_spread(encoder, split)
-    imagined_size = encoder.thumbnail_size
-    small_val = decode_split(records, args.split, imagined_size, progress=False)
-    result["r_precision"] = r_precision(encoder, split, small_val.pixels)
     result["serving_ms"] = serving_latency(encoder, split)
-    if split.records[0].attributes.get("objects"):
+    synthetic = bool(split.records[0].attributes.get("objects"))
+    if synthetic:
         result["synthetic_captions"] = synthetic_caption_check(beam_captions, split)
-        train = decode_split(records, "train", imagined_size, progress=False)
-        result["synthetic_imagined"] = synthetic_imagine_check(encoder, small_val, train)
-    grid = args.grid or ROOT / "bench" / "results" / f"gxn_imagined_{run}.png"
-    result["grid"], result["grid_captions"] = str(grid), imagined_grid(encoder, split, grid)
+    if encoder.imagines_texts:  # a GXN trained without its generator only describes
+        result.update(imagine_checks(encoder, records, split, args.split, synthetic))
+        grid = args.grid or ROOT / "bench" / "results" / f"gxn_imagined_{run}.png"
+        result["grid"], result["grid_captions"] = str(grid), imagined_grid(encoder, split, grid)
     print(f"{run} on {args.split} ({len(split)} images)")
     print(f"{'decoding':<10}{'BLEU-4':>8}{'CIDEr-D':>9}{'ms/img':>8}")
     for label, q in result["captions"].items():
@@ -325,7 +325,18 @@ def main() -> None:
             print(key, {k: round(v, 3) if isinstance(v, float) else v for k, v in result[key].items()})
     out = args.out or ROOT / "bench" / "results" / f"gxn_generation_{run}.json"
     out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out} and {grid}")
+    print(f"wrote {out}" + (f" and {result['grid']}" if "grid" in result else ""))
+
+
+def imagine_checks(encoder, records, split, split_name: str, synthetic: bool) -> dict:
+    """The condition's spread, R-precision of imagined images and, on the synthetic scenes, the
+    colour and shape judges."""
+    small_val = decode_split(records, split_name, encoder.thumbnail_size, progress=False)
+    out = {"condition": condition_spread(encoder, split), "r_precision": r_precision(encoder, split, small_val.pixels)}
+    if synthetic:
+        train = decode_split(records, "train", encoder.thumbnail_size, progress=False)
+        out["synthetic_imagined"] = synthetic_imagine_check(encoder, small_val, train)
+    return out
 
 
 if __name__ == "__main__":
