@@ -62,14 +62,15 @@ def parse_decoder(spec: str) -> tuple[str, dict]:
     return kind, ({"fine_stages": int(stages or 1)} if kind == "stack_cap" else {})
 
 
-def describe(model: Captioner, maps: torch.Tensor, beam: int, batch_size: int = 100) -> list[str]:
+def describe(model: Captioner, maps: torch.Tensor, beam: int, batch_size: int = 100,
+             length_alpha: float = 1.0) -> list[str]:
     model.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(maps), batch_size):
             features, regions = model.inputs(maps[start:start + batch_size])
             ids = (model.decoder.greedy(features, regions) if beam <= 1
-                   else model.decoder.beam(features, regions, beam))
+                   else model.decoder.beam(features, regions, beam, length_alpha))
             out += [model.decoder.decode(i) for i in ids]
     return out
 
@@ -79,11 +80,12 @@ def scores(captions: list[str], references: list[list[str]]) -> dict[str, float]
             "cider_d": cider_d(captions, references)}
 
 
-def evaluate(model: Captioner, maps: torch.Tensor, references: list[list[str]], beam: int) -> dict:
+def evaluate(model: Captioner, maps: torch.Tensor, references: list[list[str]], beam: int,
+             length_alpha: float = 1.0) -> dict:
     out = {}
     for label, width in (("greedy", 1), (f"beam{beam}", beam)):
         started = time.perf_counter()
-        captions = describe(model, maps, width)
+        captions = describe(model, maps, width, length_alpha=length_alpha)
         milliseconds = 1000 * (time.perf_counter() - started) / len(maps)
         out[label] = {**scores(captions, references), "ms_per_image": milliseconds,
                       "distinct_captions": len(set(captions)), "captions": captions}
@@ -174,6 +176,8 @@ def main() -> None:
     parser.add_argument("--from-xent", type=Path, help="skip cross-entropy: load each decoder's "
                         "captioner_<decoder>_xent.pt from this --save-dir of an earlier run")
     parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--length-alpha", type=float, default=1.0, help="beam score: log-probability / "
+                        "length^alpha (1: mean per word, 0: sum)")
     parser.add_argument("--min-word-count", type=int, default=5)
     parser.add_argument("--val-images", type=int, help="score on the first N val images only (a quick check)")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "imgsearch")
@@ -196,7 +200,8 @@ def main() -> None:
     results = {"data": str(args.data), "train_images": len(train), "val_images": len(val_maps),
                "vocabulary": len(vocab), "epochs": args.epochs, "halve_every": args.halve_every,
                "scst_steps": args.scst_steps, "scst_lr": args.scst_lr, "scst_samples": args.scst_samples,
-               "scst_mark_end": args.scst_mark_end, "scst_images": args.scst_images, "sizes": SIZES,
+               "scst_mark_end": args.scst_mark_end, "length_alpha": args.length_alpha,
+               "scst_images": args.scst_images, "sizes": SIZES,
                "decoders": {}}
     for spec in args.decoders.split(","):
         torch.manual_seed(0)
@@ -217,13 +222,15 @@ def main() -> None:
             if args.save_dir:
                 args.save_dir.mkdir(parents=True, exist_ok=True)
                 torch.save(model.state_dict(), args.save_dir / f"captioner_{name}_xent.pt")
-        entry["xent"] = evaluate(model, val_maps, references, args.beam)
+        entry["xent"] = evaluate(model, val_maps, references, args.beam, args.length_alpha)
         started = time.perf_counter()
         entry["scst_rewards"] = train_self_critical(model, train_maps, train_captions, args.scst_steps, spec,
                                                     args.scst_lr, args.scst_samples, args.scst_mark_end,
                                                     args.scst_images)
         entry["scst_minutes"] = (time.perf_counter() - started) / 60
-        entry["scst"] = evaluate(model, val_maps, references, args.beam)
+        # without self-critical steps the model is the cross-entropy one: not scored twice
+        entry["scst"] = (evaluate(model, val_maps, references, args.beam, args.length_alpha) if args.scst_steps
+                         else entry["xent"])
         results["decoders"][spec] = entry
         if args.save_dir:
             args.save_dir.mkdir(parents=True, exist_ok=True)

@@ -139,15 +139,18 @@ class CaptionDecoder(nn.Module):
         return finished | (words == self.end)
 
     @torch.no_grad()
-    def beam(self, features: torch.Tensor, regions: torch.Tensor, width: int = 3) -> list[list[int]]:
-        """Beam search per image on the last stage; the finished (or longest) beam with the best mean
-        log-probability. Earlier stages follow each beam greedily."""
-        return [self._beam_one(features[i:i + 1], regions[i:i + 1], width) for i in range(len(features))]
+    def beam(self, features: torch.Tensor, regions: torch.Tensor, width: int = 3,
+             length_alpha: float = 1.0) -> list[list[int]]:
+        """Beam search per image on the last stage; the finished (or longest) beam with the best
+        log-probability / length^length_alpha (1: the mean per word; 0: the sum, which favours short
+        captions; between, a milder pull towards length). Earlier stages follow each beam greedily."""
+        return [self._beam_one(features[i:i + 1], regions[i:i + 1], width, length_alpha)
+                for i in range(len(features))]
 
-    def _beam_one(self, feature: torch.Tensor, regions: torch.Tensor, width: int) -> list[int]:
+    def _beam_one(self, feature: torch.Tensor, regions: torch.Tensor, width: int, length_alpha: float) -> list[int]:
         """The live beams advance together, one decoder step for all of them; each step keeps the
         `width` best continuations over every beam and word. A beam ending in <end> is set aside
-        with its mean log-probability per word."""
+        with its length-normalised log-probability."""
         width = max(1, min(width, len(self.vocab) - 2))  # never wider than the words it may emit
         state = self.begin(feature, regions)
         sequences: list[list[int]] = [[]]
@@ -163,7 +166,7 @@ class CaptionDecoder(nn.Module):
                 beam, word = divmod(flat, log_probs.shape[-1])
                 sequence = sequences[beam] + [word]
                 if word == self.end:
-                    finished.append((value / len(sequence), sequence[:-1]))
+                    finished.append((value / len(sequence) ** length_alpha, sequence[:-1]))
                 else:
                     kept_beams.append(beam)
                     kept_sequences.append(sequence)
@@ -177,7 +180,7 @@ class CaptionDecoder(nn.Module):
             last = torch.tensor([sequence[-1] for sequence in sequences], device=feature.device)
             words = torch.cat([earlier, last[None]])
         else:
-            finished += [(score / len(sequence), sequence)
+            finished += [(score / len(sequence) ** length_alpha, sequence)
                          for score, sequence in zip(scores.tolist(), sequences, strict=True)]
         return max(finished, key=lambda f: f[0])[1]
 

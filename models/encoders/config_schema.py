@@ -39,7 +39,7 @@ StagesSection = _section("StagesSection", stage1_epochs=Int, stage1_backbone=Tex
 CaptionSection = _section("CaptionSection", attention_dim=Int, beam_width=Int, hidden_dim=Int, max_length=Int,
                           regions_from=Text, scst_from_epoch=Int, scst_weight=Real, scst_samples=Int,
                           scst_mark_end=Flag, weight=Real, word_dim=Int, decoder=Text, dropout=Real,
-                          fine_stages=Int, language_cnn_channels=Int, history=Int)  # GXN
+                          fine_stages=Int, language_cnn_channels=Int, history=Int, length_alpha=Real)  # GXN
 ImagineSection = _section("ImagineSection", condition_dim=Int, discriminator_lr=Real, discriminator_width=Int,
                           generator_width=Int, image_size=Int, kl_weight=Real, noise_dim=Int, weight=Real,
                           reconstruction_weight=Real, match_weight=Real, match_temperature=Real)  # GXN

@@ -140,6 +140,7 @@ class GXN(Encoder):
         self.scst_samples = int(caption.get("scst_samples", 1))
         self.scst_mark_end = bool(caption.get("scst_mark_end", False))
         self.beam_width = int(caption.get("beam_width", 3))
+        self.length_alpha = float(caption.get("length_alpha", 1.0))
         self.decoder = build_caption_decoder(caption.get("decoder", "attention"), vocab, level,
                                              self.image_tower.region_dim, caption) if self.caption_weight else None
         self.imagine_weight = float(imagine.get("weight", 1.0))
@@ -179,7 +180,10 @@ class GXN(Encoder):
             raise ValueError(f"encoder {self.name!r} was built without the caption decoder")
         _, low, regions = self.image_tower(self.prepare_images(images))
         width = self.beam_width if beam_width is None else beam_width
-        ids = self.decoder.greedy(low, regions) if width <= 1 else self.decoder.beam(low, regions, width)
+        if width <= 1:
+            ids = self.decoder.greedy(low, regions)
+        else:
+            ids = self.decoder.beam(low, regions, width, self.length_alpha)
         return [self.decoder.decode(words) for words in ids]
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ import torch
 
 from models.caption_decoder import (
     AttentionDecoder,
+    CaptionDecoder,
     StackCapDecoder,
     build_caption_decoder,
     stage_advantages,
@@ -133,3 +134,28 @@ def test_a_single_stage_checkpoint_keeps_its_parameter_names():
                      "attend_region.bias", "attend_hidden.weight", "attend_hidden.bias", "attention_score.weight",
                      "attention_score.bias", "cell.weight_ih", "cell.weight_hh", "cell.bias_ih", "cell.bias_hh",
                      "out.weight", "out.bias"}
+
+
+class _ScriptedDecoder(CaptionDecoder):
+    """First word: <end> with p 0.6, "red" 0.4; after "red": "circle" then <end>, both certain."""
+
+    def begin(self, features, regions):
+        return {"step": torch.zeros(len(features), dtype=torch.long)}
+
+    def step(self, words, state):
+        probs = torch.full((len(words[0]), len(self.vocab)), 1e-9)
+        red, circle = self.vocab.index["red"], self.vocab.index["circle"]
+        for row, (word, step) in enumerate(zip(words[0].tolist(), state["step"].tolist(), strict=True)):
+            if step == 0:
+                probs[row, self.end], probs[row, red] = 0.6, 0.4
+            else:
+                probs[row, circle if word == red else self.end] = 1.0
+        return probs.log()[None], {"step": state["step"] + 1}
+
+
+def test_beam_length_alpha_trades_the_empty_caption_against_the_longer_one():
+    decoder = _ScriptedDecoder(VOCAB, word_dim=4, max_length=5)
+    features, regions = torch.zeros(1, 8), torch.zeros(1, 4, 6)
+    # log 0.6 over one step against log 0.4 over three ("red circle <end>")
+    assert decoder.beam(features, regions, width=2, length_alpha=0.0) == [[]]
+    assert decoder.beam(features, regions, width=2, length_alpha=1.0) == [[VOCAB.index["red"], VOCAB.index["circle"]]]
