@@ -293,6 +293,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--beam", type=int, default=3)
+    parser.add_argument("--length-alpha", type=float, help="beam score log p / length^alpha (default: the model's)")
     parser.add_argument("--out", type=Path, help="JSON (default bench/results/gxn_generation_RUN.json)")
     parser.add_argument("--grid", type=Path, help="PNG (default bench/results/gxn_imagined_RUN.png)")
     args = parser.parse_args()
@@ -303,10 +304,13 @@ def main() -> None:
         sys.exit(f"error: {error}")
     if not encoder.describes_images:
         sys.exit(f"{args.checkpoint}: encoder {encoder.name!r} has no caption decoder")
+    if args.length_alpha is not None:
+        encoder.length_alpha = args.length_alpha
     run = args.checkpoint.parent.name + ("" if args.checkpoint.name == "model_best.pt" else f"_{args.checkpoint.stem}")
     records = load_records(args.data)
     split = decode_split(records, args.split, encoder.image_size, progress=False)
-    result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split)}
+    result = {"checkpoint": str(args.checkpoint), "data": str(args.data), "split": args.split, "images": len(split),
+              "length_alpha": encoder.length_alpha}
     result["captions"], beam_captions = caption_quality(encoder, split, args.beam)
     result["serving_ms"] = serving_latency(encoder, split)
     synthetic = bool(split.records[0].attributes.get("objects"))

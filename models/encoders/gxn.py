@@ -140,7 +140,9 @@ class GXN(Encoder):
         self.scst_samples = int(caption.get("scst_samples", 1))
         self.scst_mark_end = bool(caption.get("scst_mark_end", False))
         self.beam_width = int(caption.get("beam_width", 3))
-        self.length_alpha = float(caption.get("length_alpha", 1.0))
+        # beam score log p / length^0.7: on Flickr8k val a milder pull towards long captions than the
+        # mean per word (BLEU-4 0.197 against 0.192 at beam 5 in the caption bench)
+        self.length_alpha = float(caption.get("length_alpha", 0.7))
         self.decoder = build_caption_decoder(caption.get("decoder", "attention"), vocab, level,
                                              self.image_tower.region_dim, caption) if self.caption_weight else None
         self.imagine_weight = float(imagine.get("weight", 1.0))
