@@ -240,7 +240,9 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=1))
     best = max(results["decoders"], key=lambda s: results["decoders"][s]["scst"][f"beam{args.beam}"]["cider_d"])
     captions = results["decoders"][best]["scst"][f"beam{args.beam}"]["captions"]
-    example_grid(val, captions, f"{best} after self-critical training, beam {args.beam}: ten Flickr8k val images",
+    training = "after self-critical training" if args.scst_steps else "after cross-entropy"
+    alpha = f" (length alpha {args.length_alpha})" if args.length_alpha != 1.0 else ""
+    example_grid(val, captions, f"{best} {training}, beam {args.beam}{alpha}: ten Flickr8k val images",
                  args.examples)
     results["best"] = best
     args.out.write_text(json.dumps(results, indent=1))
