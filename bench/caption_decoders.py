@@ -10,11 +10,14 @@ regions, and a learned projection of the pooled map as its starting feature. Onl
 that projection are trained (the ranking and imagine terms of a full GXN run are left out, so that
 the decoders, not the rest of GXN, are what differs). Each decoder: `--epochs` epochs of
 cross-entropy over every training caption (Adam, lr 4e-4 halved every `--halve-every` epochs, dropout 0.3, batch
-128), then `--scst-steps` self-critical steps on CIDEr-D (`--scst-lr`, batch 64 images; Stack-Cap with
-its multi-stage reward; `--scst-samples` and `--scst-mark-end` for the leave-one-out baseline and the
-end-of-caption token). Scores are corpus BLEU and CIDEr-D against the val images' five captions
-(`models.caption_metrics`). Writes a table, JSON (default bench/results/caption_decoders.json) and,
-for the best decoder after SCST, ten val images with their beam captions (PNG).
+128), then `--scst-steps` self-critical steps on CIDEr-D (`--scst-lr`, `--scst-images` images a step;
+Stack-Cap with its multi-stage reward; `--scst-samples` and `--scst-mark-end` for the leave-one-out
+baseline and the end-of-caption token). `--save-dir` keeps each model after cross-entropy (with the
+options it was trained with) and after SCST; `--from-xent DIR` starts from those cross-entropy models,
+so decoding and self-critical variants are compared on one of them. Beam search scores a caption
+log p / length^`--length-alpha`. Scores are corpus BLEU and CIDEr-D against the val images' five
+captions (`models.caption_metrics`). Writes a table, JSON (default bench/results/caption_decoders.json)
+and, for the decoder with the best beam CIDEr-D at the end, ten val images with their beam captions (PNG).
 """
 
 from __future__ import annotations
@@ -198,7 +201,10 @@ def main() -> None:
     train_captions = [list(r.captions) for r in train.records]
     references = [list(r.captions) for r in val.records][: len(val_maps)]
     results = {"data": str(args.data), "train_images": len(train), "val_images": len(val_maps),
-               "vocabulary": len(vocab), "epochs": args.epochs, "halve_every": args.halve_every,
+               "vocabulary": len(vocab),
+               # with --from-xent the cross-entropy options are the saved model's (each entry's xent_options)
+               "epochs": None if args.from_xent else args.epochs,
+               "halve_every": None if args.from_xent else args.halve_every,
                "scst_steps": args.scst_steps, "scst_lr": args.scst_lr, "scst_samples": args.scst_samples,
                "scst_mark_end": args.scst_mark_end, "length_alpha": args.length_alpha,
                "scst_images": args.scst_images, "sizes": SIZES,
@@ -214,6 +220,8 @@ def main() -> None:
             # self-critical variants compared from one cross-entropy model
             model.load_state_dict(torch.load(args.from_xent / f"captioner_{name}_xent.pt", weights_only=True))
             entry["xent_from"] = str(args.from_xent)
+            trained_with = args.from_xent / f"captioner_{name}_xent.json"
+            entry["xent_options"] = json.loads(trained_with.read_text()) if trained_with.is_file() else None
         else:
             started = time.perf_counter()
             entry["xent_losses"] = train_cross_entropy(model, train_maps, train_captions, args.epochs, spec,
@@ -222,6 +230,8 @@ def main() -> None:
             if args.save_dir:
                 args.save_dir.mkdir(parents=True, exist_ok=True)
                 torch.save(model.state_dict(), args.save_dir / f"captioner_{name}_xent.pt")
+                (args.save_dir / f"captioner_{name}_xent.json").write_text(json.dumps(
+                    {"epochs": args.epochs, "halve_every": args.halve_every, "min_word_count": args.min_word_count}))
         entry["xent"] = evaluate(model, val_maps, references, args.beam, args.length_alpha)
         started = time.perf_counter()
         entry["scst_rewards"] = train_self_critical(model, train_maps, train_captions, args.scst_steps, spec,

@@ -26,7 +26,7 @@ import numpy as np
 from models.vocab import tokenize
 
 MAX_N = 4
-END_OF_CAPTION = "<end>"  # never a word: `words` keeps only tokens with a letter or digit
+END_OF_CAPTION = "<end>"  # never a word: the tokenizer splits it into "<", "end", ">"
 
 
 def words(text: str) -> list[str]:

@@ -159,3 +159,7 @@ def test_beam_length_alpha_trades_the_empty_caption_against_the_longer_one():
     # log 0.6 over one step against log 0.4 over three ("red circle <end>")
     assert decoder.beam(features, regions, width=2, length_alpha=0.0) == [[]]
     assert decoder.beam(features, regions, width=2, length_alpha=1.0) == [[VOCAB.index["red"], VOCAB.index["circle"]]]
+    # cut at two words, "red circle" is an unfinished beam, normalised by its own length
+    short = _ScriptedDecoder(VOCAB, word_dim=4, max_length=2)
+    assert short.beam(features, regions, width=2, length_alpha=0.0) == [[]]
+    assert short.beam(features, regions, width=2, length_alpha=1.0) == [[VOCAB.index["red"], VOCAB.index["circle"]]]

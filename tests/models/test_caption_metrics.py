@@ -62,7 +62,8 @@ def test_cider_d_with_the_end_marker_punishes_a_dangling_ending():
     # every n-gram of the prefix is in the reference, so without the marker only the length
     # penalty tells the cut caption from the whole one
     dangling, whole = "a dog runs on the", "a dog runs on the grass"
-    assert marked.score(whole, references) == pytest.approx(10.0 * 4 / 4)  # 4-grams exist now: all match
+    assert marked.score(whole, references) == pytest.approx(10.0)  # every n-gram, the end's too, matches
+    assert marked.document_frequency[("grass", "<end>")] == 1 and ("grass", "<end>") not in plain.document_frequency
     plain_ratio = plain.score(dangling, references) / plain.score(whole, references)
     marked_ratio = marked.score(dangling, references) / marked.score(whole, references)
     assert marked_ratio < plain_ratio - 0.05

@@ -101,6 +101,23 @@ def test_generated_captions_are_vocabulary_words_greedy_and_beam():
             assert all(w in VOCAB.index and w not in SPECIALS for w in words)
 
 
+def test_describe_hands_the_configured_length_alpha_to_the_beam(monkeypatch):
+    encoder = _encoder(caption={"length_alpha": 0.5}).eval()
+    seen = {}
+
+    def beam(features, regions, width, length_alpha):
+        seen.update(width=width, length_alpha=length_alpha)
+        return [[] for _ in range(len(features))]
+
+    monkeypatch.setattr(encoder.decoder, "beam", beam)
+    encoder.describe(_images(), beam_width=4)
+    assert seen == {"width": 4, "length_alpha": 0.5}
+    with pytest.raises(ValueError, match="length_alpha"):
+        _encoder(caption={"length_alpha": -1.0})
+    with pytest.raises(ValueError, match="scst_samples"):
+        _encoder(caption={"scst_samples": 0})
+
+
 def test_imagined_images_are_seeded_uint8_pictures():
     encoder = _encoder().eval()
     first, again = encoder.imagine(["a red circle", "a yellow cross"]), encoder.imagine(["a red circle"])
@@ -249,7 +266,6 @@ def test_the_reconstruction_term_makes_the_imagined_picture_follow_its_text():
     assert red[0] > red[2] + 60 and blue[2] > blue[0] + 60, imagined
 
 
-
 def test_leave_one_out_baseline_is_the_mean_of_the_other_samples():
     rewards = torch.tensor([[1.0, 2.0, 3.0, 10.0, 20.0, 30.0]])  # one stage, two images, three samples each
     expected = torch.tensor([[2.5, 2.0, 1.5, 25.0, 20.0, 15.0]])
@@ -269,16 +285,24 @@ def test_self_critical_loss_with_several_samples_uses_the_leave_one_out_baseline
     seen = {}
 
     def sample(features, regions):
-        seen["rows"] = len(features)
+        seen["features"] = features
         return [[[5], [6], [7], [8]]], log_prob
+
+    def scores(candidates, references):
+        seen["references"] = references
+        return np.array([values[vocab.index[c]] for c in candidates])
 
     log_prob = torch.tensor([[-1.0, -2.0, -3.0, -4.0]], requires_grad=True)  # two images, two samples each
     monkeypatch.setattr(encoder.decoder, "sample", sample)
     monkeypatch.setattr(encoder.decoder, "greedy_stages", lambda f, r: pytest.fail("no greedy baseline"))
     values = {5: 1.0, 6: 3.0, 7: 0.5, 8: 2.0}
-    monkeypatch.setattr(encoder._cider, "scores", lambda cands, refs: np.array([values[vocab.index[c]] for c in cands]))
-    loss, mean_reward = encoder._self_critical_loss(torch.zeros(2, 32), torch.zeros(2, 16, 128), torch.arange(2))
-    assert seen["rows"] == 4  # each image sampled twice
+    monkeypatch.setattr(encoder._cider, "scores", scores)
+    features = torch.tensor([[1.0] * 32, [2.0] * 32])
+    loss, mean_reward = encoder._self_critical_loss(features, torch.zeros(2, 16, 128), torch.arange(2))
+    # each image sampled twice, side by side, and each sample scored against its own image's captions
+    assert torch.equal(seen["features"], features.repeat_interleave(2, dim=0))
+    own = [records[0].captions, records[1].captions]
+    assert [list(r) for r in seen["references"]] == [list(own[0]), list(own[0]), list(own[1]), list(own[1])]
     advantages = torch.tensor([1.0 - 3.0, 3.0 - 1.0, 0.5 - 2.0, 2.0 - 0.5])
     assert float(loss.detach()) == pytest.approx(float(-(advantages * log_prob).mean().detach()))
     assert float(mean_reward) == pytest.approx(1.625)
