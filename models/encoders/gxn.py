@@ -47,6 +47,7 @@ from models.imagine import (
     ConditioningAugmentation,
     Generator,
     MatchingDiscriminator,
+    contrastive_matching,
     discriminator_loss,
     generator_loss,
 )
@@ -160,6 +161,15 @@ class GXN(Encoder):
         self.match_weight = float(imagine.get("match_weight", 0.0))
         self.match_temperature = float(imagine.get("match_temperature", 0.1))
         self.imagined_size = int(imagine.get("image_size", 64))
+        # Each imagined picture should look, to the frozen pretrained image tower, more like the
+        # real picture of its caption than like the batch's other real pictures. ImageNet features
+        # tell a star from a cross from the first step; a discriminator learning from scratch takes
+        # thousands of steps to, and the contrastive term above taught colour but not shape.
+        self.perceptual_weight = float(imagine.get("perceptual_weight", 0.0))
+        self.perceptual_size = int(imagine.get("perceptual_size", 64))
+        if self.imagine_weight and self.perceptual_weight and not self.image_tower.frozen:
+            raise ValueError("gxn: imagine.perceptual_weight measures pictures with the frozen pretrained "
+                             "image tower; set image.freeze = true (with no trained blocks)")
         if self.imagine_weight:
             condition = int(imagine.get("condition_dim", 128))
             self.conditioning = ConditioningAugmentation(level, condition)
@@ -325,6 +335,10 @@ class GXN(Encoder):
             if "fake_matching" in adversarial:
                 terms["imagined_matching"] = adversarial["fake_matching"].detach()
             total = total + self.imagine_weight * (adversarial["loss"] + self.kl_weight * kl)
+            if self.perceptual_weight:
+                perceptual = self._perceptual_matching(imagined, pixels, captions, image_ids)
+                terms["perceptual"] = perceptual.detach()
+                total = total + self.imagine_weight * self.perceptual_weight * perceptual
             if self.reconstruction_weight:
                 reconstruction = F.l1_loss(imagined, self._gan_pixels(pixels))
                 terms["reconstruction"] = reconstruction.detach()
@@ -343,6 +357,29 @@ class GXN(Encoder):
             self._cider = CiderD(self._references, mark_end=self.scst_mark_end)
         references = [self._references[i] for i in image_ids.tolist()]
         return self_critical_loss(self.decoder, self._cider, features, regions, references, self.scst_samples)
+
+    def _perceptual_matching(self, imagined: torch.Tensor, pixels: torch.Tensor | BackboneFeatures,
+                             captions: list[str], image_ids: torch.Tensor | None) -> torch.Tensor:
+        """InfoNCE, both ways, between imagined pictures and the batch's real ones (the real picture
+        of the same caption as the positive), in the frozen tower's pooled features, both seen at
+        `perceptual_size` px. A second copy of the caption, or a second caption of the same image,
+        is left out of the negatives: its real picture is as right an answer as the positive."""
+        with torch.no_grad():
+            real = self._pretrained_view(self._gan_pixels(pixels))
+        duplicates = torch.tensor([[a == b for b in captions] for a in captions], device=imagined.device)
+        if image_ids is not None:
+            ids = image_ids.to(imagined.device)
+            duplicates |= ids[:, None] == ids[None, :]
+        return contrastive_matching(self._pretrained_view(imagined), real, self.match_temperature, duplicates)
+
+    def _pretrained_view(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] pictures -> the frozen tower's pooled feature, unit length (gradients reach the
+        pictures; the tower's weights are frozen)."""
+        x = F.interpolate((images + 1) / 2, size=(self.perceptual_size,) * 2, mode="bilinear", align_corners=False)
+        tower = self.image_tower
+        x = (x - tower.mean.view(1, 3, 1, 1)) / tower.std.view(1, 3, 1, 1)
+        features = tower.raw_features(x.contiguous(memory_format=torch.channels_last))
+        return F.normalize(features.mean(dim=(2, 3)) if features.dim() == 4 else features, dim=1)
 
     def _gan_pixels(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
         """uint8 training pixels (or the thumbnails beside cached features) -> [-1, 1] at the generator's size."""

@@ -266,6 +266,40 @@ def test_the_reconstruction_term_makes_the_imagined_picture_follow_its_text():
     assert red[0] > red[2] + 60 and blue[2] > blue[0] + 60, imagined
 
 
+def _perceptual_encoder(**imagine):
+    return _encoder(image={"freeze": True}, caption={"weight": 0.0},
+                    imagine={"perceptual_weight": 1.0, "perceptual_size": 32, **imagine})
+
+
+def test_the_perceptual_term_needs_a_frozen_tower_and_trains_the_generator_not_the_tower():
+    with pytest.raises(ValueError, match="perceptual_weight.*image.freeze"):
+        _encoder(imagine={"perceptual_weight": 1.0})
+    encoder = _perceptual_encoder().train()
+    terms = encoder.training_losses(_images(), CAPTIONS, epoch=0, image_ids=torch.arange(4))
+    assert "perceptual" in terms
+    terms["loss"].backward()
+    for module in (encoder.generator, encoder.conditioning, encoder.text_low):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+    assert all(p.grad is None for p in encoder.image_tower.backbone.parameters())
+
+
+def test_the_perceptual_term_prefers_the_real_picture_of_each_caption_and_spares_a_second_caption():
+    """Imagined pictures equal to their real ones cost less than the same pictures shuffled; when
+    two rows show one image (two of its captions), that image is no negative for either row."""
+    encoder = _perceptual_encoder().eval()
+    real = _images(4)
+    pictures = real.float() / 127.5 - 1
+    captions, ids = ["a", "b", "c", "d"], torch.arange(4)
+    right = encoder._perceptual_matching(pictures, real, captions, ids)
+    shuffled = encoder._perceptual_matching(pictures.roll(1, dims=0), real, captions, ids)
+    assert right < shuffled
+    real[1] = real[0]  # rows 0 and 1: one image, two captions
+    pictures = real.float() / 127.5 - 1
+    counted = encoder._perceptual_matching(pictures, real, captions, ids)
+    spared = encoder._perceptual_matching(pictures, real, captions, torch.tensor([0, 0, 2, 3]))
+    assert spared < counted - 0.1
+
+
 def test_leave_one_out_baseline_is_the_mean_of_the_other_samples():
     rewards = torch.tensor([[1.0, 2.0, 3.0, 10.0, 20.0, 30.0]])  # one stage, two images, three samples each
     expected = torch.tensor([[2.5, 2.0, 1.5, 25.0, 20.0, 15.0]])
