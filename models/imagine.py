@@ -87,7 +87,7 @@ class MatchingDiscriminator(nn.Module):
     """
 
     def __init__(self, text_dim: int, condition_dim: int, width: int = 32, image_size: int = 64,
-                 match_dim: int | None = None):
+                 match_dim: int | None = None, pretrained_dim: int | None = None):
         super().__init__()
         steps = (image_size // 4).bit_length() - 1
         channels = [3] + [width * 2 ** min(i, 3) for i in range(steps)]
@@ -98,6 +98,11 @@ class MatchingDiscriminator(nn.Module):
         # The matching heads exist only where the contrastive term is used (match_dim given).
         self.match_image = nn.Linear(channels[-1] * 16, match_dim) if match_dim else None
         self.match_text = nn.Linear(text_dim, match_dim) if match_dim else None
+        # The same contrastive matching over a frozen pretrained network's pooled features of the
+        # image (Projected GAN's idea, Sauer et al. 2021): only these two layers learn, so the
+        # heads read shape from ImageNet features at once instead of from features learnt here.
+        self.pretrained_image = nn.Linear(pretrained_dim, match_dim) if pretrained_dim and match_dim else None
+        self.pretrained_text = nn.Linear(text_dim, match_dim) if pretrained_dim and match_dim else None
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
@@ -114,6 +119,14 @@ class MatchingDiscriminator(nn.Module):
             raise ValueError("this discriminator was built without matching heads (match_dim)")
         return (F.normalize(self.match_image(features.flatten(1)), dim=1),
                 F.normalize(self.match_text(text), dim=1))
+
+    def pretrained_matching(self, pretrained_features: torch.Tensor,
+                            text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image embeddings from the pretrained network's features, text embeddings), unit length."""
+        if self.pretrained_image is None:
+            raise ValueError("this discriminator was built without pretrained matching heads (pretrained_dim)")
+        return (F.normalize(self.pretrained_image(pretrained_features), dim=1),
+                F.normalize(self.pretrained_text(text), dim=1))
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.score(self.features(images), text)

@@ -50,6 +50,7 @@ from models.imagine import (
     contrastive_matching,
     discriminator_loss,
     generator_loss,
+    same_text,
 )
 from models.losses import build_ranking_loss, ranking_loss
 from models.two_level import join_levels, joint_similarity
@@ -161,14 +162,15 @@ class GXN(Encoder):
         self.match_weight = float(imagine.get("match_weight", 0.0))
         self.match_temperature = float(imagine.get("match_temperature", 0.1))
         self.imagined_size = int(imagine.get("image_size", 64))
-        # Each imagined picture should look, to the frozen pretrained image tower, more like the
-        # real picture of its caption than like the batch's other real pictures. ImageNet features
-        # tell a star from a cross from the first step; a discriminator learning from scratch takes
-        # thousands of steps to, and the contrastive term above taught colour but not shape.
-        self.perceptual_weight = float(imagine.get("perceptual_weight", 0.0))
-        self.perceptual_size = int(imagine.get("perceptual_size", 64))
-        if self.imagine_weight and self.perceptual_weight and not self.image_tower.frozen:
-            raise ValueError("gxn: imagine.perceptual_weight measures pictures with the frozen pretrained "
+        # Matching in the frozen pretrained tower's features: the discriminator learns (on real
+        # pairs) which text a picture's ImageNet features match, and the generator is trained to
+        # be matched to its own text there too. A discriminator learning its features from scratch
+        # taught colour (a global statistic) but not shape in 1,400 steps; ImageNet features tell
+        # a star from a cross before any training.
+        self.pretrained_match_weight = float(imagine.get("pretrained_match_weight", 0.0))
+        self.pretrained_match_size = int(imagine.get("pretrained_match_size", 64))
+        if self.imagine_weight and self.pretrained_match_weight and not self.image_tower.frozen:
+            raise ValueError("gxn: imagine.pretrained_match_weight reads pictures with the frozen pretrained "
                              "image tower; set image.freeze = true (with no trained blocks)")
         if self.imagine_weight:
             condition = int(imagine.get("condition_dim", 128))
@@ -177,7 +179,10 @@ class GXN(Encoder):
                                        self.imagined_size)
             self.discriminator = MatchingDiscriminator(level, condition, imagine.get("discriminator_width", 32),
                                                        self.imagined_size,
-                                                       match_dim=condition if self.match_weight else None)
+                                                       match_dim=condition if self.match_weight or
+                                                       self.pretrained_match_weight else None,
+                                                       pretrained_dim=self.image_tower.feature_dim
+                                                       if self.pretrained_match_weight else None)
         self._cider: CiderD | None = None
         self._references: list[list[str]] = []
 
@@ -300,8 +305,15 @@ class GXN(Encoder):
         with torch.no_grad():
             text = self.text_low(captions)
             fake = self.generator(self.conditioning(text)[0])
-        return discriminator_loss(self.discriminator, self._gan_pixels(pixels), fake, l2_normalize(text),
-                                  self.match_weight, self.match_temperature)
+            real = self._gan_pixels(pixels)
+        terms = discriminator_loss(self.discriminator, real, fake, l2_normalize(text), self.match_weight,
+                                   self.match_temperature)
+        if self.pretrained_match_weight:
+            with torch.no_grad():
+                seen = self._pretrained_view(real)
+            terms["real_pretrained_matching"] = self._pretrained_matching(seen, text)
+            terms["loss"] = terms["loss"] + self.pretrained_match_weight * terms["real_pretrained_matching"]
+        return terms
 
     def training_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
                         image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -330,15 +342,18 @@ class GXN(Encoder):
             imagined = self.generator(condition)
             adversarial = generator_loss(self.discriminator, imagined, l2_normalize(text_low).detach(),
                                          self.match_weight, self.match_temperature)
+            if self.pretrained_match_weight:
+                adversarial["pretrained_matching"] = self._pretrained_matching(self._pretrained_view(imagined),
+                                                                               text_low.detach())
+                adversarial["loss"] = adversarial["loss"] + (self.pretrained_match_weight
+                                                             * adversarial["pretrained_matching"])
             self.discriminator.requires_grad_(True)
             terms.update(generator=adversarial["fooled"].detach(), kl=kl.detach())
             if "fake_matching" in adversarial:
                 terms["imagined_matching"] = adversarial["fake_matching"].detach()
+            if "pretrained_matching" in adversarial:
+                terms["imagined_pretrained_matching"] = adversarial["pretrained_matching"].detach()
             total = total + self.imagine_weight * (adversarial["loss"] + self.kl_weight * kl)
-            if self.perceptual_weight:
-                perceptual = self._perceptual_matching(imagined, pixels, captions, image_ids)
-                terms["perceptual"] = perceptual.detach()
-                total = total + self.imagine_weight * self.perceptual_weight * perceptual
             if self.reconstruction_weight:
                 reconstruction = F.l1_loss(imagined, self._gan_pixels(pixels))
                 terms["reconstruction"] = reconstruction.detach()
@@ -358,24 +373,17 @@ class GXN(Encoder):
         references = [self._references[i] for i in image_ids.tolist()]
         return self_critical_loss(self.decoder, self._cider, features, regions, references, self.scst_samples)
 
-    def _perceptual_matching(self, imagined: torch.Tensor, pixels: torch.Tensor | BackboneFeatures,
-                             captions: list[str], image_ids: torch.Tensor | None) -> torch.Tensor:
-        """InfoNCE, both ways, between imagined pictures and the batch's real ones (the real picture
-        of the same caption as the positive), in the frozen tower's pooled features, both seen at
-        `perceptual_size` px. A second copy of the caption, or a second caption of the same image,
-        is left out of the negatives: its real picture is as right an answer as the positive."""
-        with torch.no_grad():
-            real = self._pretrained_view(self._gan_pixels(pixels))
-        duplicates = torch.tensor([[a == b for b in captions] for a in captions], device=imagined.device)
-        if image_ids is not None:
-            ids = image_ids.to(imagined.device)
-            duplicates |= ids[:, None] == ids[None, :]
-        return contrastive_matching(self._pretrained_view(imagined), real, self.match_temperature, duplicates)
+    def _pretrained_matching(self, seen: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """The contrastive matching term between pictures as the frozen tower sees them and texts."""
+        text = l2_normalize(text)
+        return contrastive_matching(*self.discriminator.pretrained_matching(seen, text), self.match_temperature,
+                                    same_text(text))
 
     def _pretrained_view(self, images: torch.Tensor) -> torch.Tensor:
-        """[-1, 1] pictures -> the frozen tower's pooled feature, unit length (gradients reach the
-        pictures; the tower's weights are frozen)."""
-        x = F.interpolate((images + 1) / 2, size=(self.perceptual_size,) * 2, mode="bilinear", align_corners=False)
+        """[-1, 1] pictures -> the frozen tower's pooled feature at `pretrained_match_size` px, unit
+        length (gradients reach the pictures; the tower's weights are frozen)."""
+        size = (self.pretrained_match_size,) * 2
+        x = F.interpolate((images + 1) / 2, size=size, mode="bilinear", align_corners=False)
         tower = self.image_tower
         x = (x - tower.mean.view(1, 3, 1, 1)) / tower.std.view(1, 3, 1, 1)
         features = tower.raw_features(x.contiguous(memory_format=torch.channels_last))

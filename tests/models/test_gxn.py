@@ -266,38 +266,52 @@ def test_the_reconstruction_term_makes_the_imagined_picture_follow_its_text():
     assert red[0] > red[2] + 60 and blue[2] > blue[0] + 60, imagined
 
 
-def _perceptual_encoder(**imagine):
+def _pretrained_matching_encoder(**imagine):
     return _encoder(image={"freeze": True}, caption={"weight": 0.0},
-                    imagine={"perceptual_weight": 1.0, "perceptual_size": 32, **imagine})
+                    imagine={"pretrained_match_weight": 1.0, "pretrained_match_size": 32, **imagine})
 
 
-def test_the_perceptual_term_needs_a_frozen_tower_and_trains_the_generator_not_the_tower():
-    with pytest.raises(ValueError, match="perceptual_weight.*image.freeze"):
-        _encoder(imagine={"perceptual_weight": 1.0})
-    encoder = _perceptual_encoder().train()
-    terms = encoder.training_losses(_images(), CAPTIONS, epoch=0, image_ids=torch.arange(4))
-    assert "perceptual" in terms
+def test_pretrained_matching_needs_a_frozen_tower():
+    with pytest.raises(ValueError, match="pretrained_match_weight.*image.freeze"):
+        _encoder(imagine={"pretrained_match_weight": 1.0})
+
+
+def test_pretrained_matching_heads_learn_in_the_discriminator_step_and_teach_the_generator():
+    encoder = _pretrained_matching_encoder().train()
+    heads = [*encoder.discriminator.pretrained_image.parameters(), *encoder.discriminator.pretrained_text.parameters()]
+    assert {id(p) for p in heads} <= {id(p) for p in encoder.discriminator_parameters()}
+    adversary = encoder.discriminator_losses(_images(), CAPTIONS, epoch=0)
+    assert "real_pretrained_matching" in adversary
+    adversary["loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads)
+    assert all(p.grad is None for p in encoder.generator.parameters())
+    encoder.zero_grad(set_to_none=True)
+    terms = encoder.training_losses(_images(), CAPTIONS, epoch=0)
+    assert "imagined_pretrained_matching" in terms
     terms["loss"].backward()
     for module in (encoder.generator, encoder.conditioning, encoder.text_low):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
-    assert all(p.grad is None for p in encoder.image_tower.backbone.parameters())
+    # the frozen tower and the discriminator's heads are constants in the generator's step
+    assert all(p.grad is None for p in [*encoder.image_tower.backbone.parameters(), *heads])
 
 
-def test_the_perceptual_term_prefers_the_real_picture_of_each_caption_and_spares_a_second_caption():
-    """Imagined pictures equal to their real ones cost less than the same pictures shuffled; when
-    two rows show one image (two of its captions), that image is no negative for either row."""
-    encoder = _perceptual_encoder().eval()
-    real = _images(4)
-    pictures = real.float() / 127.5 - 1
-    captions, ids = ["a", "b", "c", "d"], torch.arange(4)
-    right = encoder._perceptual_matching(pictures, real, captions, ids)
-    shuffled = encoder._perceptual_matching(pictures.roll(1, dims=0), real, captions, ids)
-    assert right < shuffled
-    real[1] = real[0]  # rows 0 and 1: one image, two captions
-    pictures = real.float() / 127.5 - 1
-    counted = encoder._perceptual_matching(pictures, real, captions, ids)
-    spared = encoder._perceptual_matching(pictures, real, captions, torch.tensor([0, 0, 2, 3]))
-    assert spared < counted - 0.1
+def test_pretrained_matching_is_lowest_for_the_right_texts_once_learnt():
+    """Trained on real pairs alone, the heads match each picture to its own caption: the term is
+    below chance on the right pairing and above it on a shuffled one."""
+    torch.manual_seed(0)
+    encoder = _pretrained_matching_encoder().train()
+    images = _images(4)
+    optimizer = encoder.discriminator_optimizer()
+    for _ in range(60):
+        optimizer.zero_grad()
+        encoder.discriminator_losses(images, CAPTIONS, epoch=0)["real_pretrained_matching"].backward()
+        optimizer.step()
+    encoder.eval()
+    with torch.no_grad():
+        seen, text = encoder._pretrained_view(encoder._gan_pixels(images)), encoder.text_low(CAPTIONS)
+        right = encoder._pretrained_matching(seen, text)
+        shuffled = encoder._pretrained_matching(seen.roll(1, dims=0), text)
+    assert right < torch.log(torch.tensor(4.0)) < shuffled, (right, shuffled)
 
 
 def test_leave_one_out_baseline_is_the_mean_of_the_other_samples():
