@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+SELECTION_METRICS = ("rsum", "bleu4", "cider_d")
+
 
 @dataclass
 class TrainConfig:
@@ -22,7 +24,10 @@ class TrainConfig:
     lr: float = 2e-4
     weight_decay: float = 1e-4
     lr_schedule: str = "cosine"          # cosine | step | constant
-    lr_step_epochs: list[int] = field(default_factory=list)  # for "step": multiply by 0.1 at these epochs
+    lr_step_epochs: list[int] = field(default_factory=list)  # for "step": multiply by lr_step_factor at these
+    lr_step_factor: float = 0.1
+    train_only: list[str] = field(default_factory=list)  # parameter-name prefixes that train; the rest stays fixed
+    select_by: str = "rsum"              # which epoch is model_best: rsum | bleu4 | cider_d (greedy val captions)
     warmup_steps: int = 100              # linear learning-rate warm-up
     grad_clip: float = 2.0
     image_size: int | None = None        # overrides the model config's image_size
@@ -54,6 +59,8 @@ class TrainConfig:
         self._check_types()
         if self.lr_schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"lr_schedule must be cosine, step or constant, not {self.lr_schedule!r}")
+        if self.select_by not in SELECTION_METRICS:
+            raise ValueError(f"select_by must be one of {', '.join(SELECTION_METRICS)}, not {self.select_by!r}")
         if self.epoch_pairs not in ("one_per_image", "all_captions"):
             raise ValueError(f"epoch_pairs must be one_per_image or all_captions, not {self.epoch_pairs!r}")
         if not 0.0 <= self.word_dropout < 1.0:

@@ -68,13 +68,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     train_split, val_split = with_cached_features(encoder, train_split, val_split, config, progress)
     precompute_frozen_text(encoder, [train_split, val_split], config, progress)
     encoder.attach_training_records(train_split.records)
-    optimizer = torch.optim.AdamW(_parameter_groups(encoder, config.lr), lr=config.lr,
+    optimizer = torch.optim.AdamW(_parameter_groups(encoder, config.lr, config.train_only), lr=config.lr,
                                   weight_decay=config.weight_decay)
     discriminator_optimizer = encoder.discriminator_optimizer()
     steps_per_epoch = math.ceil(_pairs_per_epoch(train_split, config) / config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, steps_per_epoch))
     history: list[dict] = state["history"] if state else []
-    best_rsum = max((h["val"]["rsum"] for h in history), default=-1.0)
+    best_score = max((_selection_score(h, config.select_by) for h in history), default=-math.inf)
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -97,12 +97,13 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         history.append({"epoch": epoch + 1, **encoder.describe_epoch(epoch), **stats, "lr": scheduler.get_last_lr()[0],
                         "val": metrics.as_dict(), **({"val_generation": generation} if generation else {}),
                         "peak_memory_mb": _peak_memory_mb()})
-        if metrics.rsum > best_rsum:
-            best_rsum = metrics.rsum
+        score = _selection_score(history[-1], config.select_by)
+        if score > best_score:
+            best_score = score
             encoder.save(out_dir / BEST_MODEL)
         _save_state(out_dir, encoder, optimizers, history, config)
         _report_epoch(history[-1], progress)
-    best = max(history, key=lambda h: h["val"]["rsum"]) if history else None
+    best = max(history, key=lambda h: _selection_score(h, config.select_by)) if history else None
     best_metrics = RetrievalMetrics(**best["val"]) if best else None
     return TrainResult(out_dir / BEST_MODEL, best_metrics, history, time.perf_counter() - started, _peak_memory_mb())
 
@@ -114,10 +115,23 @@ class _Optimizers:
     discriminator: torch.optim.Optimizer | None  # for families with an adversarial step (GXN)
 
 
-def _parameter_groups(encoder: Encoder, lr: float) -> list[dict]:
+def _selection_score(entry: dict, metric: str) -> float:
+    """An epoch's score for choosing model_best: its val rsum, or a val caption metric."""
+    if metric == "rsum":
+        return entry["val"]["rsum"]
+    if metric not in entry.get("val_generation", {}):
+        raise ValueError(f"select_by = {metric!r}: this model generates no captions to score")
+    return entry["val_generation"][metric]
+
+
+def _parameter_groups(encoder: Encoder, lr: float, train_only: list[str] | None = None) -> list[dict]:
     """The main optimizer's parameters (the adversarial ones have their own); a trained image
-    backbone gets its own group when its learning rate is scaled (`image.backbone_lr_scale`)."""
+    backbone gets its own group when its learning rate is scaled (`image.backbone_lr_scale`).
+    With `train_only`, only parameters whose names start with one of its prefixes train (e.g.
+    ["decoder"]: a caption decoder on a fixed embedding); the rest are frozen."""
     adversarial = {id(p) for p in encoder.discriminator_parameters()}
+    if train_only:
+        _freeze_all_but(encoder, train_only)
     main = [p for p in encoder.parameters() if p.requires_grad and id(p) not in adversarial]
     tower = getattr(encoder, "image_tower", None)
     scale = getattr(tower, "backbone_lr_scale", 1.0)
@@ -126,6 +140,25 @@ def _parameter_groups(encoder: Encoder, lr: float) -> list[dict]:
     in_backbone = {id(p) for p in tower.backbone.parameters()}
     return [{"params": [p for p in main if id(p) not in in_backbone]},
             {"params": [p for p in main if id(p) in in_backbone], "lr": lr * scale}]
+
+
+def _freeze_all_but(encoder: Encoder, prefixes: list[str]) -> None:
+    named = dict(encoder.named_parameters())
+    trained = {name for name in named if name.startswith(tuple(prefixes))}
+    if not trained:
+        raise ValueError(f"train_only = {prefixes}: no parameter of {encoder.name!r} starts with these "
+                         f"(top-level modules: {', '.join(sorted({n.split('.')[0] for n in named}))})")
+    for name, parameter in named.items():
+        parameter.requires_grad_(name in trained)
+
+
+def _hold_fixed_modules(encoder: Encoder) -> None:
+    """Modules with nothing to train run in eval mode: their batch-norm statistics stay as they
+    were and their dropout is off, so a fixed embedding really stays fixed."""
+    for module in encoder.modules():
+        weights = [*module.parameters(), *module.buffers()]  # a bare Dropout has none: it follows its parent
+        if weights and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
 
 
 def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:
@@ -233,7 +266,7 @@ def _lr_lambda(config: TrainConfig, steps_per_epoch: int):
             return warm * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
         if config.lr_schedule == "step":
             epoch = step // steps_per_epoch
-            return warm * 0.1 ** sum(epoch >= e for e in config.lr_step_epochs)
+            return warm * config.lr_step_factor ** sum(epoch >= e for e in config.lr_step_epochs)
         return warm
 
     return factor
@@ -252,6 +285,8 @@ def drop_words(caption: str, chance: float, rng: random.Random | None = None) ->
 def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSplit, config: TrainConfig,
                      epoch: int, time_left: float | None, progress: bool) -> dict:
     encoder.train()
+    if config.train_only:
+        _hold_fixed_modules(encoder)
     batches = _epoch_batches(split, config)
     stage = encoder.describe_epoch(epoch).get("stage")
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}" + (f" [stage {stage}]" if stage else ""),

@@ -14,7 +14,7 @@ from models import create_encoder, load_encoder
 from models.caption_decoder import leave_one_out_baseline
 from models.data import load_records, select_split
 from models.training import TrainConfig, train
-from models.training.trainer import _parameter_groups
+from models.training.trainer import _hold_fixed_modules, _parameter_groups
 from models.two_level import joint_similarity
 from models.vocab import SPECIALS, Vocabulary
 
@@ -237,6 +237,47 @@ def test_training_alternates_steps_logs_caption_quality_and_resumes_exactly(scen
     train(config("straight"), progress=False)
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())["history"]
     assert straight[-1]["loss_terms"] == pytest.approx(history[-1]["loss_terms"], rel=1e-4)
+
+
+def test_a_caption_stage_trains_the_decoder_alone_and_keeps_the_best_captions(scenes, tmp_path):
+    """init_from a trained GXN, train_only the decoder, select by val CIDEr-D: the embedding (and
+    so every retrieval figure) is the source's, bit for bit; the decoder moved; model_best is the
+    epoch with the best captions."""
+    first = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "first"), epochs=1,
+                        batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
+                        model_overrides={"imagine": {"weight": 0.0}})
+    source = train(first, progress=False).best_checkpoint
+    stage = TrainConfig(data=str(scenes), init_from=str(source), out_dir=str(tmp_path / "stage"), epochs=2,
+                        batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
+                        train_only=["decoder"], select_by="cider_d")
+    result = train(stage, progress=False)
+    before, after = load_encoder(source).state_dict(), load_encoder(result.best_checkpoint).state_dict()
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved and all(name.startswith("decoder.") for name in moved)
+    history = result.history
+    assert history[0]["val"] == history[1]["val"]  # retrieval untouched
+    encoder = load_encoder(source).train()
+    _parameter_groups(encoder, 1e-3, ["decoder"])
+    _hold_fixed_modules(encoder)
+    assert encoder.decoder.training and not encoder.image_tower.training and not encoder.text_low.training
+    assert all(m.training for m in encoder.decoder.modules())  # its dropout too
+    best_is_last = history[1]["val_generation"]["cider_d"] > history[0]["val_generation"]["cider_d"]
+    last = load_encoder(tmp_path / "stage" / "checkpoint_last.pt").state_dict()
+    assert after["decoder.embed.weight"].equal(last["decoder.embed.weight"]) == best_is_last
+
+
+def test_caption_stage_options_fail_clearly(scenes, tmp_path):
+    with pytest.raises(ValueError, match="select_by"):
+        TrainConfig(data=str(scenes), select_by="bleu")
+    config = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "x"), epochs=1, batch_size=16,
+                         min_word_count=1, augment=False, train_only=["decodr"])
+    with pytest.raises(ValueError, match="train_only.*decoder"):
+        train(config, progress=False)
+    config = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "y"), epochs=1, batch_size=16,
+                         min_word_count=1, augment=False, select_by="cider_d",
+                         model_overrides={"caption": {"weight": 0.0}, "imagine": {"weight": 0.0}})
+    with pytest.raises(ValueError, match="generates no captions"):
+        train(config, progress=False)
 
 
 def test_the_reconstruction_term_makes_the_imagined_picture_follow_its_text():
