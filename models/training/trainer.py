@@ -68,7 +68,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     train_split, val_split = with_cached_features(encoder, train_split, val_split, config, progress)
     precompute_frozen_text(encoder, [train_split, val_split], config, progress)
     encoder.attach_training_records(train_split.records)
-    optimizer = torch.optim.AdamW(_parameter_groups(encoder, config.lr, config.train_only), lr=config.lr,
+    if config.select_by != "rsum" and not encoder.describes_images:
+        raise ValueError(f"select_by = {config.select_by!r}: {encoder.name!r} generates no captions to score")
+    if config.train_only:
+        _freeze_all_but(encoder, config.train_only)
+    optimizer = torch.optim.AdamW(_parameter_groups(encoder, config.lr), lr=config.lr,
                                   weight_decay=config.weight_decay)
     discriminator_optimizer = encoder.discriminator_optimizer()
     steps_per_epoch = math.ceil(_pairs_per_epoch(train_split, config) / config.batch_size)
@@ -124,14 +128,10 @@ def _selection_score(entry: dict, metric: str) -> float:
     return entry["val_generation"][metric]
 
 
-def _parameter_groups(encoder: Encoder, lr: float, train_only: list[str] | None = None) -> list[dict]:
+def _parameter_groups(encoder: Encoder, lr: float) -> list[dict]:
     """The main optimizer's parameters (the adversarial ones have their own); a trained image
-    backbone gets its own group when its learning rate is scaled (`image.backbone_lr_scale`).
-    With `train_only`, only parameters whose names start with one of its prefixes train (e.g.
-    ["decoder"]: a caption decoder on a fixed embedding); the rest are frozen."""
+    backbone gets its own group when its learning rate is scaled (`image.backbone_lr_scale`)."""
     adversarial = {id(p) for p in encoder.discriminator_parameters()}
-    if train_only:
-        _freeze_all_but(encoder, train_only)
     main = [p for p in encoder.parameters() if p.requires_grad and id(p) not in adversarial]
     tower = getattr(encoder, "image_tower", None)
     scale = getattr(tower, "backbone_lr_scale", 1.0)
@@ -143,6 +143,8 @@ def _parameter_groups(encoder: Encoder, lr: float, train_only: list[str] | None 
 
 
 def _freeze_all_but(encoder: Encoder, prefixes: list[str]) -> None:
+    """`train_only`: only parameters whose names start with one of `prefixes` train (["decoder"]:
+    a caption decoder on a fixed embedding)."""
     named = dict(encoder.named_parameters())
     trained = {name for name in named if name.startswith(tuple(prefixes))}
     if not trained:
@@ -303,6 +305,9 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
         adversary = _discriminator_step(encoder, optimizers.discriminator, pixels, captions, epoch, steps)
         losses = encoder.training_losses(pixels, captions, epoch, image_ids=batch)
         _check_finite(losses["loss"], epoch, steps)
+        if not losses["loss"].requires_grad:
+            raise ValueError(f"epoch {epoch + 1} ({stage or 'training'}): the loss reaches no trained parameter"
+                             + (f" (train_only = {config.train_only})" if config.train_only else ""))
         optimizers.main.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if config.grad_clip:

@@ -14,7 +14,7 @@ from models import create_encoder, load_encoder
 from models.caption_decoder import leave_one_out_baseline
 from models.data import load_records, select_split
 from models.training import TrainConfig, train
-from models.training.trainer import _hold_fixed_modules, _parameter_groups
+from models.training.trainer import _freeze_all_but, _hold_fixed_modules, _parameter_groups
 from models.two_level import joint_similarity
 from models.vocab import SPECIALS, Vocabulary
 
@@ -257,7 +257,7 @@ def test_a_caption_stage_trains_the_decoder_alone_and_keeps_the_best_captions(sc
     history = result.history
     assert history[0]["val"] == history[1]["val"]  # retrieval untouched
     encoder = load_encoder(source).train()
-    _parameter_groups(encoder, 1e-3, ["decoder"])
+    _freeze_all_but(encoder, ["decoder"])
     _hold_fixed_modules(encoder)
     assert encoder.decoder.training and not encoder.image_tower.training and not encoder.text_low.training
     assert all(m.training for m in encoder.decoder.modules())  # its dropout too
@@ -273,6 +273,11 @@ def test_caption_stage_options_fail_clearly(scenes, tmp_path):
                          min_word_count=1, augment=False, train_only=["decodr"])
     with pytest.raises(ValueError, match="train_only.*decoder"):
         train(config, progress=False)
+    config = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "w"), epochs=1, batch_size=16,
+                         min_word_count=1, augment=False, train_only=["decoder"],
+                         model_overrides={"schedule": {"warmup_epochs": 1}})
+    with pytest.raises(ValueError, match="ranking only.*reaches no trained parameter"):
+        train(config, progress=False)  # the warm-up epoch trains the ranking alone, and it is frozen
     config = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "y"), epochs=1, batch_size=16,
                          min_word_count=1, augment=False, select_by="cider_d",
                          model_overrides={"caption": {"weight": 0.0}, "imagine": {"weight": 0.0}})
