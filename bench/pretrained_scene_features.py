@@ -30,9 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from models.data import load_records, select_split  # noqa: E402
-from models.encoders.efficientnet_lite import build_efficientnet_lite  # noqa: E402
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+from models.encoders.efficientnet_lite import LITE_MEAN, LITE_STD, build_efficientnet_lite  # noqa: E402
 
 
 def one_object_scenes(data: Path, split: str, limit: int) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -49,7 +47,7 @@ def one_object_scenes(data: Path, split: str, limit: int) -> tuple[torch.Tensor,
 
 def pooled_features(network: torch.nn.Module, pixels: torch.Tensor, size: int) -> torch.Tensor:
     x = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-    x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x = (x - torch.tensor(LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE_STD).view(1, 3, 1, 1)  # as GXN feeds it
     with torch.no_grad():
         return F.normalize(network.feature_map(x).mean(dim=(2, 3)), dim=1)
 

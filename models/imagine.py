@@ -87,7 +87,7 @@ class MatchingDiscriminator(nn.Module):
     """
 
     def __init__(self, text_dim: int, condition_dim: int, width: int = 32, image_size: int = 64,
-                 match_dim: int | None = None, pretrained_dim: int | None = None):
+                 match_dim: int | None = None, pretrained: tuple[int, int] | None = None):
         super().__init__()
         steps = (image_size // 4).bit_length() - 1
         channels = [3] + [width * 2 ** min(i, 3) for i in range(steps)]
@@ -101,8 +101,9 @@ class MatchingDiscriminator(nn.Module):
         # The same contrastive matching over a frozen pretrained network's pooled features of the
         # image (Projected GAN's idea, Sauer et al. 2021): only these two layers learn, so the
         # heads read shape from ImageNet features at once instead of from features learnt here.
-        self.pretrained_image = nn.Linear(pretrained_dim, match_dim) if pretrained_dim and match_dim else None
-        self.pretrained_text = nn.Linear(text_dim, match_dim) if pretrained_dim and match_dim else None
+        # `pretrained` = (that network's feature size, the matching space's size).
+        self.pretrained_image = nn.Linear(pretrained[0], pretrained[1]) if pretrained else None
+        self.pretrained_text = nn.Linear(text_dim, pretrained[1]) if pretrained else None
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.body(images)
@@ -124,7 +125,7 @@ class MatchingDiscriminator(nn.Module):
                             text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(image embeddings from the pretrained network's features, text embeddings), unit length."""
         if self.pretrained_image is None:
-            raise ValueError("this discriminator was built without pretrained matching heads (pretrained_dim)")
+            raise ValueError("this discriminator was built without pretrained matching heads (pretrained)")
         return (F.normalize(self.pretrained_image(pretrained_features), dim=1),
                 F.normalize(self.pretrained_text(text), dim=1))
 

@@ -171,7 +171,7 @@ class GXN(Encoder):
         self.pretrained_match_size = int(imagine.get("pretrained_match_size", 64))
         if self.imagine_weight and self.pretrained_match_weight and not self.image_tower.frozen:
             raise ValueError("gxn: imagine.pretrained_match_weight reads pictures with the frozen pretrained "
-                             "image tower; set image.freeze = true (with no trained blocks)")
+                             "image tower; set image.freeze = true (and no image.train_last_blocks)")
         if self.imagine_weight:
             condition = int(imagine.get("condition_dim", 128))
             self.conditioning = ConditioningAugmentation(level, condition)
@@ -179,9 +179,8 @@ class GXN(Encoder):
                                        self.imagined_size)
             self.discriminator = MatchingDiscriminator(level, condition, imagine.get("discriminator_width", 32),
                                                        self.imagined_size,
-                                                       match_dim=condition if self.match_weight or
-                                                       self.pretrained_match_weight else None,
-                                                       pretrained_dim=self.image_tower.feature_dim
+                                                       match_dim=condition if self.match_weight else None,
+                                                       pretrained=(self.image_tower.feature_dim, condition)
                                                        if self.pretrained_match_weight else None)
         self._cider: CiderD | None = None
         self._references: list[list[str]] = []
@@ -333,32 +332,43 @@ class GXN(Encoder):
                 terms.update(scst=scst.detach(), cider_reward=reward)
                 total = total + self.scst_weight * scst
         if self.imagines_texts:
-            condition, kl = self.conditioning(text_low)
-            # The text reaches the generator loss only through the generated image: as the
-            # discriminator's input it is a constant, or the text encoder could learn to fool the
-            # discriminator by moving the text instead of shaping the picture. The discriminator
-            # is frozen here: this step trains the generator, not it.
-            self.discriminator.requires_grad_(False)
-            imagined = self.generator(condition)
-            adversarial = generator_loss(self.discriminator, imagined, l2_normalize(text_low).detach(),
-                                         self.match_weight, self.match_temperature)
-            if self.pretrained_match_weight:
-                adversarial["pretrained_matching"] = self._pretrained_matching(self._pretrained_view(imagined),
-                                                                               text_low.detach())
-                adversarial["loss"] = adversarial["loss"] + (self.pretrained_match_weight
-                                                             * adversarial["pretrained_matching"])
-            self.discriminator.requires_grad_(True)
-            terms.update(generator=adversarial["fooled"].detach(), kl=kl.detach())
+            imagining, imagining_terms = self._imagining_losses(pixels, text_low)
+            terms.update(imagining_terms)
+            total = total + self.imagine_weight * imagining
+        return {"loss": total, **terms}
+
+    def _imagining_losses(self, pixels: torch.Tensor | BackboneFeatures,
+                          text_low: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The generator's side of the game, its KL term and the optional terms, weighted; and each
+        term detached for the log. The text reaches the generator loss only through the generated
+        image: as the discriminator's input it is a constant, or the text encoder could learn to
+        fool the discriminator by moving the text instead of shaping the picture. The
+        discriminator is frozen here (its own flags restored after): this step trains the
+        generator, not it."""
+        condition, kl = self.conditioning(text_low)
+        imagined = self.generator(condition)
+        text = text_low.detach()
+        flags = [p.requires_grad for p in self.discriminator.parameters()]
+        self.discriminator.requires_grad_(False)
+        try:
+            adversarial = generator_loss(self.discriminator, imagined, l2_normalize(text), self.match_weight,
+                                         self.match_temperature)
+            total = adversarial["loss"] + self.kl_weight * kl
+            terms = {"generator": adversarial["fooled"].detach(), "kl": kl.detach()}
             if "fake_matching" in adversarial:
                 terms["imagined_matching"] = adversarial["fake_matching"].detach()
-            if "pretrained_matching" in adversarial:
-                terms["imagined_pretrained_matching"] = adversarial["pretrained_matching"].detach()
-            total = total + self.imagine_weight * (adversarial["loss"] + self.kl_weight * kl)
-            if self.reconstruction_weight:
-                reconstruction = F.l1_loss(imagined, self._gan_pixels(pixels))
-                terms["reconstruction"] = reconstruction.detach()
-                total = total + self.imagine_weight * self.reconstruction_weight * reconstruction
-        return {"loss": total, **terms}
+            if self.pretrained_match_weight:
+                matching = self._pretrained_matching(self._pretrained_view(imagined), text)
+                terms["imagined_pretrained_matching"] = matching.detach()
+                total = total + self.pretrained_match_weight * matching
+        finally:
+            for parameter, flag in zip(self.discriminator.parameters(), flags, strict=True):
+                parameter.requires_grad_(flag)
+        if self.reconstruction_weight:
+            reconstruction = F.l1_loss(imagined, self._gan_pixels(pixels))
+            terms["reconstruction"] = reconstruction.detach()
+            total = total + self.reconstruction_weight * reconstruction
+        return total, terms
 
     def _self_critical(self, epoch: int) -> bool:
         return self.describes_images and self.scst_from_epoch is not None and epoch >= int(self.scst_from_epoch)

@@ -59,6 +59,10 @@ class TrainConfig:
         self._check_types()
         if self.lr_schedule not in ("cosine", "step", "constant"):
             raise ValueError(f"lr_schedule must be cosine, step or constant, not {self.lr_schedule!r}")
+        if not isinstance(self.train_only, list) or not all(isinstance(p, str) for p in self.train_only):
+            raise ValueError(f"train_only = {self.train_only!r}: expected a list of module names, e.g. [\"decoder\"]")
+        if self.lr_step_factor <= 0:
+            raise ValueError(f"lr_step_factor must be > 0, not {self.lr_step_factor}")
         if self.select_by not in SELECTION_METRICS:
             raise ValueError(f"select_by must be one of {', '.join(SELECTION_METRICS)}, not {self.select_by!r}")
         if self.epoch_pairs not in ("one_per_image", "all_captions"):

@@ -143,15 +143,17 @@ def _parameter_groups(encoder: Encoder, lr: float) -> list[dict]:
 
 
 def _freeze_all_but(encoder: Encoder, prefixes: list[str]) -> None:
-    """`train_only`: only parameters whose names start with one of `prefixes` train (["decoder"]:
-    a caption decoder on a fixed embedding)."""
-    named = dict(encoder.named_parameters())
-    trained = {name for name in named if name.startswith(tuple(prefixes))}
+    """`train_only`: of the main optimizer's parameters, only those under one of `prefixes` (module
+    paths: "decoder" is `decoder.*`) train; nothing frozen before is unfrozen. A discriminator keeps
+    its own optimizer and is left as it is."""
+    adversarial = {id(p) for p in encoder.discriminator_parameters()}
+    named = {name: p for name, p in encoder.named_parameters() if id(p) not in adversarial}
+    trained = {name for name in named if any(name == p or name.startswith(p + ".") for p in prefixes)}
     if not trained:
-        raise ValueError(f"train_only = {prefixes}: no parameter of {encoder.name!r} starts with these "
+        raise ValueError(f"train_only = {prefixes}: no parameter of {encoder.name!r} lies under these "
                          f"(top-level modules: {', '.join(sorted({n.split('.')[0] for n in named}))})")
     for name, parameter in named.items():
-        parameter.requires_grad_(name in trained)
+        parameter.requires_grad_(parameter.requires_grad and name in trained)
 
 
 def _hold_fixed_modules(encoder: Encoder) -> None:

@@ -266,12 +266,31 @@ def test_a_caption_stage_trains_the_decoder_alone_and_keeps_the_best_captions(sc
     assert after["decoder.embed.weight"].equal(last["decoder.embed.weight"]) == best_is_last
 
 
+def test_a_caption_stage_leaves_the_discriminator_to_its_own_step_and_unfreezes_nothing():
+    encoder = _encoder(image={"freeze": True}).train()
+    _freeze_all_but(encoder, ["decoder"])
+    assert all(p.requires_grad for p in encoder.discriminator.parameters())
+    assert not any(p.requires_grad for p in encoder.image_tower.backbone.parameters())
+    assert not any(p.requires_grad for p in encoder.generator.parameters())
+    _freeze_all_but(encoder, ["image_tower"])  # the frozen backbone stays frozen
+    assert not any(p.requires_grad for p in encoder.image_tower.backbone.parameters())
+    # the generator's step restores the discriminator's flags as it found them
+    encoder.discriminator.compress_text.requires_grad_(False)
+    encoder.training_losses(_images(), CAPTIONS, epoch=0)
+    assert not any(p.requires_grad for p in encoder.discriminator.compress_text.parameters())
+    assert all(p.requires_grad for p in encoder.discriminator.body.parameters())
+
+
 def test_caption_stage_options_fail_clearly(scenes, tmp_path):
     with pytest.raises(ValueError, match="select_by"):
         TrainConfig(data=str(scenes), select_by="bleu")
+    with pytest.raises(ValueError, match="train_only.*list"):
+        TrainConfig(data=str(scenes), train_only="decoder")
+    with pytest.raises(ValueError, match="lr_step_factor"):
+        TrainConfig(data=str(scenes), lr_step_factor=0.0)
     config = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "x"), epochs=1, batch_size=16,
                          min_word_count=1, augment=False, train_only=["decodr"])
-    with pytest.raises(ValueError, match="train_only.*decoder"):
+    with pytest.raises(ValueError, match="train_only.*lies under.*decoder"):
         train(config, progress=False)
     config = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "w"), epochs=1, batch_size=16,
                          min_word_count=1, augment=False, train_only=["decoder"],
@@ -332,13 +351,17 @@ def test_pretrained_matching_heads_learn_in_the_discriminator_step_and_teach_the
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads)
     assert all(p.grad is None for p in encoder.generator.parameters())
     encoder.zero_grad(set_to_none=True)
-    terms = encoder.training_losses(_images(), CAPTIONS, epoch=0)
-    assert "imagined_pretrained_matching" in terms
-    terms["loss"].backward()
-    for module in (encoder.generator, encoder.conditioning, encoder.text_low):
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
-    # the frozen tower and the discriminator's heads are constants in the generator's step
+    assert "imagined_pretrained_matching" in encoder.training_losses(_images(), CAPTIONS, epoch=0)
+    # the term alone, as the generator's step computes it: it reaches the generator through the
+    # frozen tower, and neither the tower nor the heads learn from it
+    flags_before = [p.requires_grad for p in encoder.discriminator.parameters()]
+    encoder.discriminator.requires_grad_(False)
+    text = encoder.text_low(CAPTIONS).detach()
+    imagined = encoder.generator(encoder.conditioning(text)[0])
+    encoder._pretrained_matching(encoder._pretrained_view(imagined), text).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.generator.parameters())
     assert all(p.grad is None for p in [*encoder.image_tower.backbone.parameters(), *heads])
+    assert all(flags_before)
 
 
 def test_pretrained_matching_is_lowest_for_the_right_texts_once_learnt():
