@@ -98,7 +98,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         spent += stats["train_seconds"]
         metrics = evaluate_encoder(encoder, val_split)
         generation = encoder.generation_metrics(val_split)
-        history.append({"epoch": epoch + 1, **encoder.describe_epoch(epoch), **stats, "lr": scheduler.get_last_lr()[0],
+        history.append({"epoch": epoch + 1, **encoder.describe_epoch(epoch), **stats,
                         "val": metrics.as_dict(), **({"val_generation": generation} if generation else {}),
                         "peak_memory_mb": _peak_memory_mb()})
         score = _selection_score(history[-1], config.select_by)
@@ -296,6 +296,7 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}" + (f" [stage {stage}]" if stage else ""),
                unit="batch", disable=not progress)
     started, seen, steps, total_loss, terms = time.perf_counter(), 0, 0, 0.0, {}
+    lr = optimizers.scheduler.get_last_lr()[0]
     for batch in bar:
         batch, caption_ids = _batch_pairs(split, batch, config)
         pixels = _training_images(split.pixels, batch, encoder.image_size, config).to(encoder.device,
@@ -316,6 +317,7 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
             torch.nn.utils.clip_grad_norm_([p for g in optimizers.main.param_groups for p in g["params"]],
                                            config.grad_clip)
         optimizers.main.step()
+        lr = optimizers.scheduler.get_last_lr()[0]  # the rate this step used; step() moves on to the next
         optimizers.scheduler.step()
         seen += len(batch)
         steps += 1
@@ -330,7 +332,8 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
     elapsed = time.perf_counter() - started
     steps = max(1, steps)
     return {"train_loss": total_loss / steps, "loss_terms": {k: v / steps for k, v in terms.items()},
-            "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9), "images_seen": seen}
+            "train_seconds": elapsed, "images_per_second": seen / max(elapsed, 1e-9), "images_seen": seen,
+            "lr": lr}
 
 
 def _pairs_per_epoch(split: DecodedSplit, config: TrainConfig) -> int:

@@ -42,6 +42,12 @@ def test_train_writes_checkpoints_metrics_and_plot(scenes, tmp_path):
     assert evaluate_encoder(encoder, val).rsum == pytest.approx(result.best_metrics.rsum)
 
 
+def test_logged_lr_is_the_rate_each_epoch_trained_at(scenes, tmp_path):
+    result = train(_config(scenes, tmp_path / "run", lr_schedule="step", lr_step_epochs=[1],
+                           lr_step_factor=0.5), progress=False)
+    assert [h["lr"] for h in result.history] == pytest.approx([1e-3, 5e-4])
+
+
 def test_resume_continues_exactly_where_it_stopped(scenes, tmp_path):
     straight = train(_config(scenes, tmp_path / "straight", epochs=2), progress=False)
     out = tmp_path / "run"
