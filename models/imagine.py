@@ -71,6 +71,24 @@ class TextBank(nn.Module):
         return self.texts[:filled], self.image_ids[:filled]
 
 
+def random_translation(images: torch.Tensor, share: float) -> torch.Tensor:
+    """Each image shifted by its own random whole-pixel offset of up to `share` of its side in x
+    and y, edges repeated (DiffAugment's translation, Zhao et al. 2020). Applied to every picture
+    the discriminator sees, real and generated alike, and differentiable, so the generator learns
+    through it. Without it the discriminator memorises the few thousand training pictures: its
+    matching heads then tell colours apart but hardly shapes, and cannot teach the generator them."""
+    limit = round(share * images.shape[-1])
+    if limit < 1:
+        return images
+    count, channels, height, width = images.shape
+    padded = F.pad(images, (limit,) * 4, mode="replicate")
+    dx, dy = (torch.randint(0, 2 * limit + 1, (count,), device=images.device) for _ in range(2))
+    rows = (torch.arange(height, device=images.device)[None, :] + dy[:, None])[:, None, :, None]
+    columns = (torch.arange(width, device=images.device)[None, :] + dx[:, None])[:, None, None, :]
+    batch = torch.arange(count, device=images.device)[:, None, None, None]
+    return padded[batch, torch.arange(channels, device=images.device)[None, :, None, None], rows, columns]
+
+
 def _up(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                          nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
@@ -213,15 +231,16 @@ def same_text(text: torch.Tensor) -> torch.Tensor:
 
 def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor, fake: torch.Tensor,
                        text: torch.Tensor, match_weight: float = 0.0, temperature: float = 0.1,
-                       bank: TextBank | None = None, image_ids: torch.Tensor | None = None
-                       ) -> dict[str, torch.Tensor]:
+                       bank: TextBank | None = None, image_ids: torch.Tensor | None = None,
+                       translation: float = 0.0) -> dict[str, torch.Tensor]:
     """The three pairings; the wrong text for image i is the batch's next one (a different caption
     for a different image); with `match_weight`, the contrastive term on the real pairs too (with
-    `bank`, against its captions as well). `fake` is detached: this step trains the discriminator only."""
+    `bank`, against its captions as well); every picture first goes through `random_translation`.
+    `fake` is detached: this step trains the discriminator only."""
     wrong = text.roll(1, dims=0)
-    real_features = discriminator.features(real)
+    real_features = discriminator.features(random_translation(real, translation))
     real_right = discriminator.score(real_features, text)
-    fake_right = discriminator(fake.detach(), text)
+    fake_right = discriminator(random_translation(fake.detach(), translation), text)
     real_wrong = discriminator.score(real_features, wrong)
     bce = F.binary_cross_entropy_with_logits
     terms = {"real_right": bce(real_right, torch.ones_like(real_right)),
@@ -236,12 +255,12 @@ def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor,
 
 def generator_loss(discriminator: MatchingDiscriminator, fake: torch.Tensor, text: torch.Tensor,
                    match_weight: float = 0.0, temperature: float = 0.1, bank: TextBank | None = None,
-                   image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                   image_ids: torch.Tensor | None = None, translation: float = 0.0) -> dict[str, torch.Tensor]:
     """Fool the discriminator on (generated image, right text) and, with `match_weight`, make each
     generated image the nearest, in the discriminator's matching space, to its own text (among the
     batch's texts and `bank`'s). Gradients
     reach whatever made `fake` (and `text`, unless the caller detaches it, as GXN does)."""
-    features = discriminator.features(fake)
+    features = discriminator.features(random_translation(fake, translation))
     scores = discriminator.score(features, text)
     terms = {"fooled": F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))}
     terms["loss"] = terms["fooled"]

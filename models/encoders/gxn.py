@@ -166,6 +166,11 @@ class GXN(Encoder):
         # Captions from earlier batches as further negatives of the contrastive term (imagine.py's
         # TextBank): in-batch negatives rarely differ from a caption by its shape alone.
         self.negative_bank = int(imagine.get("negative_bank", 0))
+        # The discriminator's inputs shifted at random by up to this share of the side (imagine.py's
+        # random_translation): what lets its matching heads learn shape from a few thousand pictures.
+        self.translation = float(imagine.get("translation", 0.0))
+        if not 0.0 <= self.translation < 0.5:
+            raise ValueError(f"gxn: imagine.translation must be in [0, 0.5), got {self.translation}")
         if self.negative_bank < 0 or (self.negative_bank and not self.match_weight):
             raise ValueError(f"gxn: imagine.negative_bank ({self.negative_bank}) must be >= 0 and needs "
                              "imagine.match_weight > 0 (the contrastive term it adds negatives to)")
@@ -316,7 +321,7 @@ class GXN(Encoder):
             fake = self.generator(self.conditioning(text)[0])
             real = self._gan_pixels(pixels)
         terms = discriminator_loss(self.discriminator, real, fake, l2_normalize(text), self.match_weight,
-                                   self.match_temperature, self.text_bank, image_ids)
+                                   self.match_temperature, self.text_bank, image_ids, self.translation)
         if self.pretrained_match_weight:
             with torch.no_grad():
                 seen = self._pretrained_view(real)
@@ -362,7 +367,7 @@ class GXN(Encoder):
         self.discriminator.requires_grad_(False)
         try:
             adversarial = generator_loss(self.discriminator, imagined, l2_normalize(text), self.match_weight,
-                                         self.match_temperature, self.text_bank, image_ids)
+                                         self.match_temperature, self.text_bank, image_ids, self.translation)
             total = adversarial["loss"] + self.kl_weight * kl
             terms = {"generator": adversarial["fooled"].detach(), "kl": kl.detach()}
             if "fake_matching" in adversarial:

@@ -84,6 +84,21 @@ def test_the_text_bank_adds_earlier_captions_as_negatives_of_both_players():
         _encoder(imagine={"negative_bank": 6})  # no contrastive term to add negatives to
 
 
+def test_the_discriminator_sees_translated_pictures_when_asked():
+    torch.manual_seed(0)
+    plain = _encoder(imagine={"match_weight": 1.0}).train()
+    shifted = _encoder(imagine={"match_weight": 1.0, "translation": 0.125}).train()
+    shifted.load_state_dict(plain.state_dict())
+    ids = torch.arange(4)
+    same = [float(plain.discriminator_losses(_images(), CAPTIONS, 0, image_ids=ids)["real_right"].detach())
+            for _ in range(2)]
+    moved = [float(shifted.discriminator_losses(_images(), CAPTIONS, 0, image_ids=ids)["real_right"].detach())
+             for _ in range(2)]
+    assert same[0] == pytest.approx(same[1]) and moved[0] != pytest.approx(moved[1])  # a new shift each step
+    with pytest.raises(ValueError, match="translation"):
+        _encoder(imagine={"translation": 0.5})
+
+
 def test_discriminator_is_trained_in_its_own_step_only():
     encoder = _encoder().train()
     discriminator = set(map(id, encoder.discriminator.parameters()))

@@ -16,6 +16,7 @@ from models.imagine import (
     discriminator_loss,
     generator_loss,
     kl_to_standard_normal,
+    random_translation,
 )
 
 
@@ -125,3 +126,20 @@ def test_the_contrastive_term_is_trained_on_real_pairs_and_pulls_the_fakes():
     assert set(generated) == {"fooled", "fake_matching", "loss"}
     generated["fake_matching"].backward()
     assert fake.grad.abs().sum() > 0
+
+
+def test_random_translation_shifts_each_picture_by_at_most_its_share_and_passes_gradients():
+    torch.manual_seed(0)
+    images = torch.zeros(64, 1, 16, 16)
+    images[:, :, 8, 8] = 1.0  # one lit pixel in the middle of each picture
+    images.requires_grad_(True)
+    assert random_translation(images, 0.0) is images and random_translation(images, 0.03) is images  # < 1 px
+    moved = random_translation(images, 0.125)  # up to 2 px each way
+    assert moved.shape == images.shape
+    lit = moved.detach().flatten(1).argmax(1)
+    rows, columns = lit // 16, lit % 16
+    assert ((rows - 8).abs() <= 2).all() and ((columns - 8).abs() <= 2).all()
+    assert len(set(zip(rows.tolist(), columns.tolist(), strict=True))) > 10  # each picture its own offset
+    assert torch.allclose(moved.detach().sum(dim=(1, 2, 3)), torch.ones(64))  # a shift, not a blur
+    moved.sum().backward()
+    assert images.grad is not None and float(images.grad.sum()) > 0
