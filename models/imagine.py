@@ -40,37 +40,6 @@ class ConditioningAugmentation(nn.Module):
         return condition, mu, kl_to_standard_normal(mu, log_variance)
 
 
-class TextBank(nn.Module):
-    """The text features of the last `size` training captions and their images' ids, a MoCo-style
-    queue of extra negatives for the contrastive image-text terms. In one batch of random scenes a
-    caption's colours and places alone tell it from the others, so matching heads trained on the
-    batch learn those and not shape; among thousands of earlier captions some differ from it only
-    in shape. Entries come from the text tower as it was when they were pushed (exact where it is
-    frozen); the bank is working memory, not saved with the model."""
-
-    def __init__(self, size: int, text_dim: int):
-        super().__init__()
-        if size < 1:
-            raise ValueError(f"a text bank needs room for at least one caption, got size {size}")
-        self.size = size
-        self.register_buffer("texts", torch.zeros(size, text_dim), persistent=False)
-        self.register_buffer("image_ids", torch.full((size,), -1, dtype=torch.long), persistent=False)
-        self.pushed = 0
-
-    def push(self, texts: torch.Tensor, image_ids: torch.Tensor) -> None:
-        """Keep this batch's text features (detached), overwriting the oldest."""
-        count = min(len(texts), self.size)
-        slots = (self.pushed + torch.arange(count, device=self.texts.device)) % self.size
-        self.texts[slots] = texts[-count:].detach().to(self.texts.dtype)
-        self.image_ids[slots] = image_ids[-count:].to(self.image_ids.device)
-        self.pushed += count
-
-    def entries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(text features (K, D), their images' ids (K,)) of the filled slots."""
-        filled = min(self.pushed, self.size)
-        return self.texts[:filled], self.image_ids[:filled]
-
-
 def random_translation(images: torch.Tensor, share: float) -> torch.Tensor:
     """Each image shifted by its own random whole-pixel offset of up to `share` of its side in x
     and y, edges repeated (DiffAugment's translation, Zhao et al. 2020). Applied to every picture
@@ -167,11 +136,8 @@ class MatchingDiscriminator(nn.Module):
         """(image embeddings, text embeddings), unit length, for `contrastive_matching`."""
         if self.match_image is None:
             raise ValueError("this discriminator was built without matching heads (match_dim)")
-        return F.normalize(self.match_image(features.flatten(1)), dim=1), self.matching_texts(text)
-
-    def matching_texts(self, text: torch.Tensor) -> torch.Tensor:
-        """Text features -> unit text embeddings in the matching space."""
-        return F.normalize(self.match_text(text), dim=1)
+        return (F.normalize(self.match_image(features.flatten(1)), dim=1),
+                F.normalize(self.match_text(text), dim=1))
 
     def pretrained_matching(self, pretrained_features: torch.Tensor,
                             text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,42 +152,17 @@ class MatchingDiscriminator(nn.Module):
 
 
 def contrastive_matching(images: torch.Tensor, texts: torch.Tensor, temperature: float,
-                         duplicates: torch.Tensor | None = None, extra_texts: torch.Tensor | None = None,
-                         extra_excluded: torch.Tensor | None = None) -> torch.Tensor:
+                         duplicates: torch.Tensor | None = None) -> torch.Tensor:
     """InfoNCE both ways over the batch: image i should be nearest text i among all the batch's
     texts, and text i nearest image i.  -1/2N sum_i [log softmax_j(<v_i, t_j>/T)_i + log softmax_j(<t_i, v_j>/T)_i]
     `duplicates` (N, N) marks pairs (i, j), i != j, whose texts are the same caption: a second copy
-    of the right answer is left out of the negatives rather than counted as a wrong one.
-    `extra_texts` (K, D), e.g. a `TextBank`'s, are further negatives for the image -> text
-    direction; `extra_excluded` (N, K) marks those that describe image i itself."""
+    of the right answer is left out of the negatives rather than counted as a wrong one."""
     logits = images @ texts.t() / temperature
     if duplicates is not None:
         logits = logits.masked_fill(duplicates & ~torch.eye(len(images), dtype=torch.bool, device=images.device),
                                     float("-inf"))
-    image_to_text = logits
-    if extra_texts is not None and len(extra_texts):
-        extra = images @ extra_texts.t() / temperature
-        if extra_excluded is not None:
-            extra = extra.masked_fill(extra_excluded, float("-inf"))
-        image_to_text = torch.cat([logits, extra], dim=1)
     targets = torch.arange(len(images), device=images.device)
-    return (F.cross_entropy(image_to_text, targets) + F.cross_entropy(logits.t(), targets)) / 2
-
-
-def matching_loss(discriminator: MatchingDiscriminator, features: torch.Tensor, text: torch.Tensor,
-                  temperature: float, bank: TextBank | None = None,
-                  image_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """`contrastive_matching` in the discriminator's matching space, with the bank's captions as
-    extra negatives (those of the same image left out, hence `image_ids`)."""
-    images, texts = discriminator.matching(features, text)
-    extra = excluded = None
-    if bank is not None:
-        if image_ids is None:
-            raise ValueError("contrastive matching against a text bank needs the batch's image ids")
-        bank_texts, bank_ids = bank.entries()
-        extra = discriminator.matching_texts(bank_texts)
-        excluded = image_ids.to(bank_ids.device)[:, None] == bank_ids[None, :]
-    return contrastive_matching(images, texts, temperature, same_text(text), extra, excluded)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
 
 def same_text(text: torch.Tensor) -> torch.Tensor:
@@ -231,11 +172,10 @@ def same_text(text: torch.Tensor) -> torch.Tensor:
 
 def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor, fake: torch.Tensor,
                        text: torch.Tensor, match_weight: float = 0.0, temperature: float = 0.1,
-                       bank: TextBank | None = None, image_ids: torch.Tensor | None = None,
                        translation: float = 0.0) -> dict[str, torch.Tensor]:
     """The three pairings; the wrong text for image i is the batch's next one (a different caption
-    for a different image); with `match_weight`, the contrastive term on the real pairs too (with
-    `bank`, against its captions as well); every picture first goes through `random_translation`.
+    for a different image); with `match_weight`, the contrastive term on the real pairs too. Every
+    picture first goes through `random_translation` by `translation`.
     `fake` is detached: this step trains the discriminator only."""
     wrong = text.roll(1, dims=0)
     real_features = discriminator.features(random_translation(real, translation))
@@ -248,23 +188,25 @@ def discriminator_loss(discriminator: MatchingDiscriminator, real: torch.Tensor,
              "real_wrong": bce(real_wrong, torch.zeros_like(real_wrong))}
     terms["loss"] = terms["real_right"] + (terms["fake_right"] + terms["real_wrong"]) / 2
     if match_weight:
-        terms["real_matching"] = matching_loss(discriminator, real_features, text, temperature, bank, image_ids)
+        terms["real_matching"] = contrastive_matching(*discriminator.matching(real_features, text), temperature,
+                                                      same_text(text))
         terms["loss"] = terms["loss"] + match_weight * terms["real_matching"]
     return terms
 
 
 def generator_loss(discriminator: MatchingDiscriminator, fake: torch.Tensor, text: torch.Tensor,
-                   match_weight: float = 0.0, temperature: float = 0.1, bank: TextBank | None = None,
-                   image_ids: torch.Tensor | None = None, translation: float = 0.0) -> dict[str, torch.Tensor]:
+                   match_weight: float = 0.0, temperature: float = 0.1,
+                   translation: float = 0.0) -> dict[str, torch.Tensor]:
     """Fool the discriminator on (generated image, right text) and, with `match_weight`, make each
-    generated image the nearest, in the discriminator's matching space, to its own text (among the
-    batch's texts and `bank`'s). Gradients
-    reach whatever made `fake` (and `text`, unless the caller detaches it, as GXN does)."""
+    generated image the nearest, in the discriminator's matching space, to its own text (pictures
+    translated as in `discriminator_loss`). Gradients reach whatever made `fake` (and `text`,
+    unless the caller detaches it, as GXN does)."""
     features = discriminator.features(random_translation(fake, translation))
     scores = discriminator.score(features, text)
     terms = {"fooled": F.binary_cross_entropy_with_logits(scores, torch.ones_like(scores))}
     terms["loss"] = terms["fooled"]
     if match_weight:
-        terms["fake_matching"] = matching_loss(discriminator, features, text, temperature, bank, image_ids)
+        terms["fake_matching"] = contrastive_matching(*discriminator.matching(features, text), temperature,
+                                                      same_text(text))
         terms["loss"] = terms["loss"] + match_weight * terms["fake_matching"]
     return terms

@@ -146,11 +146,10 @@ class Encoder(nn.Module):
         """The optimizer of `discriminator_parameters` (None when there are none)."""
         return None
 
-    def discriminator_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
-                             image_ids: torch.Tensor | None = None) -> dict[str, torch.Tensor] | None:
+    def discriminator_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int
+                             ) -> dict[str, torch.Tensor] | None:
         """The discriminator's loss terms for this batch ('loss' is the total), or None when there
-        is no discriminator step this epoch; `image_ids` as in `training_losses`. The trainer runs
-        it before `training_losses`."""
+        is no discriminator step this epoch. The trainer runs it before `training_losses`."""
         return None
 
     def generation_metrics(self, split: Any) -> dict[str, float]:

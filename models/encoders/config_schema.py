@@ -43,8 +43,7 @@ CaptionSection = _section("CaptionSection", attention_dim=Int, beam_width=Int, h
 ImagineSection = _section("ImagineSection", condition_dim=Int, discriminator_lr=Real, discriminator_width=Int,
                           generator_width=Int, image_size=Int, kl_weight=Real, noise_dim=Int, weight=Real,
                           reconstruction_weight=Real, match_weight=Real, match_temperature=Real,
-                          pretrained_match_weight=Real, pretrained_match_size=Int, negative_bank=Int,
-                          translation=Real)  # GXN
+                          pretrained_match_weight=Real, pretrained_match_size=Int, translation=Real)  # GXN
 ScheduleSection = _section("ScheduleSection", warmup_epochs=Int)                                   # GXN
 AttentionSection = _section("AttentionSection", steps=Int, step_dim=Int, hidden_dim=Int)           # DAN
 

@@ -47,7 +47,6 @@ from models.imagine import (
     ConditioningAugmentation,
     Generator,
     MatchingDiscriminator,
-    TextBank,
     contrastive_matching,
     discriminator_loss,
     generator_loss,
@@ -163,17 +162,11 @@ class GXN(Encoder):
         self.match_weight = float(imagine.get("match_weight", 0.0))
         self.match_temperature = float(imagine.get("match_temperature", 0.1))
         self.imagined_size = int(imagine.get("image_size", 64))
-        # Captions from earlier batches as further negatives of the contrastive term (imagine.py's
-        # TextBank): in-batch negatives rarely differ from a caption by its shape alone.
-        self.negative_bank = int(imagine.get("negative_bank", 0))
         # The discriminator's inputs shifted at random by up to this share of the side (imagine.py's
         # random_translation): what lets its matching heads learn shape from a few thousand pictures.
         self.translation = float(imagine.get("translation", 0.0))
         if not 0.0 <= self.translation < 0.5:
             raise ValueError(f"gxn: imagine.translation must be in [0, 0.5), got {self.translation}")
-        if self.negative_bank < 0 or (self.negative_bank and not self.match_weight):
-            raise ValueError(f"gxn: imagine.negative_bank ({self.negative_bank}) must be >= 0 and needs "
-                             "imagine.match_weight > 0 (the contrastive term it adds negatives to)")
         # Matching in the frozen pretrained tower's features: the discriminator learns (on real
         # pairs) which text a picture's ImageNet features match, and the generator is trained to
         # be matched to its own text there too. A discriminator learning its features from scratch
@@ -184,7 +177,6 @@ class GXN(Encoder):
         if self.imagine_weight and self.pretrained_match_weight and not self.image_tower.frozen:
             raise ValueError("gxn: imagine.pretrained_match_weight reads pictures with the frozen pretrained "
                              "image tower; set image.freeze = true (and no image.train_last_blocks)")
-        self.text_bank: TextBank | None = None
         if self.imagine_weight:
             condition = int(imagine.get("condition_dim", 128))
             self.conditioning = ConditioningAugmentation(level, condition)
@@ -195,7 +187,6 @@ class GXN(Encoder):
                                                        match_dim=condition if self.match_weight else None,
                                                        pretrained=(self.image_tower.feature_dim, condition)
                                                        if self.pretrained_match_weight else None)
-            self.text_bank = TextBank(self.negative_bank, level) if self.negative_bank else None
         self._cider: CiderD | None = None
         self._references: list[list[str]] = []
 
@@ -311,8 +302,7 @@ class GXN(Encoder):
         lr = float(self.config.get("imagine", {}).get("discriminator_lr", 2e-4))
         return torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
 
-    def discriminator_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int,
-                             image_ids: torch.Tensor | None = None) -> dict | None:
+    def discriminator_losses(self, pixels: torch.Tensor, captions: list[str], epoch: int) -> dict | None:
         """The discriminator's step: real images with their text, generated ones, real with wrong text."""
         if not self.imagines_texts or not self.generative(epoch):
             return None
@@ -321,7 +311,7 @@ class GXN(Encoder):
             fake = self.generator(self.conditioning(text)[0])
             real = self._gan_pixels(pixels)
         terms = discriminator_loss(self.discriminator, real, fake, l2_normalize(text), self.match_weight,
-                                   self.match_temperature, self.text_bank, image_ids, self.translation)
+                                   self.match_temperature, self.translation)
         if self.pretrained_match_weight:
             with torch.no_grad():
                 seen = self._pretrained_view(real)
@@ -347,19 +337,19 @@ class GXN(Encoder):
                 terms.update(scst=scst.detach(), cider_reward=reward)
                 total = total + self.scst_weight * scst
         if self.imagines_texts:
-            imagining, imagining_terms = self._imagining_losses(pixels, text_low, image_ids)
+            imagining, imagining_terms = self._imagining_losses(pixels, text_low)
             terms.update(imagining_terms)
             total = total + self.imagine_weight * imagining
         return {"loss": total, **terms}
 
-    def _imagining_losses(self, pixels: torch.Tensor | BackboneFeatures, text_low: torch.Tensor,
-                          image_ids: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def _imagining_losses(self, pixels: torch.Tensor | BackboneFeatures,
+                          text_low: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The generator's side of the game, its KL term and the optional terms, weighted; and each
         term detached for the log. The text reaches the generator loss only through the generated
         image: as the discriminator's input it is a constant, or the text encoder could learn to
         fool the discriminator by moving the text instead of shaping the picture. The
         discriminator is frozen here (its own flags restored after): this step trains the
-        generator, not it. The batch's texts join the text bank after both players have used it."""
+        generator, not it."""
         condition, kl = self.conditioning(text_low)
         imagined = self.generator(condition)
         text = text_low.detach()
@@ -367,7 +357,7 @@ class GXN(Encoder):
         self.discriminator.requires_grad_(False)
         try:
             adversarial = generator_loss(self.discriminator, imagined, l2_normalize(text), self.match_weight,
-                                         self.match_temperature, self.text_bank, image_ids, self.translation)
+                                         self.match_temperature, self.translation)
             total = adversarial["loss"] + self.kl_weight * kl
             terms = {"generator": adversarial["fooled"].detach(), "kl": kl.detach()}
             if "fake_matching" in adversarial:
@@ -379,8 +369,6 @@ class GXN(Encoder):
         finally:
             for parameter, flag in zip(self.discriminator.parameters(), flags, strict=True):
                 parameter.requires_grad_(flag)
-        if self.text_bank is not None and self.training:
-            self.text_bank.push(l2_normalize(text), image_ids)
         if self.reconstruction_weight:
             reconstruction = F.l1_loss(imagined, self._gan_pixels(pixels))
             terms["reconstruction"] = reconstruction.detach()

@@ -305,7 +305,7 @@ def _train_one_epoch(encoder: Encoder, optimizers: _Optimizers, split: DecodedSp
                     for i, b in zip(caption_ids, batch.tolist(), strict=True)]
         if config.word_dropout:
             captions = [drop_words(c, config.word_dropout) for c in captions]
-        adversary = _discriminator_step(encoder, optimizers.discriminator, pixels, captions, batch, epoch, steps)
+        adversary = _discriminator_step(encoder, optimizers.discriminator, pixels, captions, epoch, steps)
         losses = encoder.training_losses(pixels, captions, epoch, image_ids=batch)
         _check_finite(losses["loss"], epoch, steps)
         if not losses["loss"].requires_grad:
@@ -359,10 +359,9 @@ def _batch_pairs(split: DecodedSplit, batch: torch.Tensor, config: TrainConfig
 
 
 def _discriminator_step(encoder: Encoder, optimizer: torch.optim.Optimizer | None, pixels: torch.Tensor,
-                        captions: list[str], image_ids: torch.Tensor, epoch: int, step: int
-                        ) -> dict[str, torch.Tensor]:
+                        captions: list[str], epoch: int, step: int) -> dict[str, torch.Tensor]:
     """One discriminator update before the generator/embedding update (the alternating GAN schedule)."""
-    losses = encoder.discriminator_losses(pixels, captions, epoch, image_ids) if optimizer is not None else None
+    losses = encoder.discriminator_losses(pixels, captions, epoch) if optimizer is not None else None
     if not losses:
         return {}
     _check_finite(losses["loss"], epoch, step)

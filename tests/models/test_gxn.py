@@ -13,8 +13,6 @@ import torch
 from models import create_encoder, load_encoder
 from models.caption_decoder import leave_one_out_baseline
 from models.data import load_records, select_split
-from models.encoders.base import l2_normalize
-from models.imagine import TextBank
 from models.training import TrainConfig, train
 from models.training.trainer import _freeze_all_but, _hold_fixed_modules, _parameter_groups
 from models.two_level import joint_similarity
@@ -59,41 +57,13 @@ def test_training_losses_follow_the_schedule_and_reach_every_branch():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
-def test_the_text_bank_adds_earlier_captions_as_negatives_of_both_players():
-    encoder = _encoder(imagine={"match_weight": 1.0, "negative_bank": 6}).train()
-    ids = torch.arange(4)
-
-    def real_matching() -> float:
-        return float(encoder.discriminator_losses(_images(), CAPTIONS, 0, image_ids=ids)["real_matching"].detach())
-
-    empty = real_matching()
-    first_caption = l2_normalize(encoder.text_low(CAPTIONS[:1])).detach()
-    encoder.text_bank.push(first_caption, torch.tensor([0]))  # image 0's own caption: left out for image 0
-    as_its_own = real_matching()
-    encoder.text_bank = TextBank(6, first_caption.shape[1])
-    encoder.text_bank.push(first_caption, torch.tensor([99]))  # the same words filed under another image
-    as_another_images = real_matching()
-    assert empty < as_its_own < as_another_images  # a negative for images 1-3; for image 0 a rival answer
-    # the generator's step uses the bank too, then files the batch's captions
-    terms = encoder.training_losses(_images(), CAPTIONS, epoch=0, image_ids=ids)
-    assert "imagined_matching" in terms and encoder.text_bank.pushed == 5
-    assert sorted(encoder.text_bank.entries()[1].tolist()) == [0, 1, 2, 3, 99]
-    with pytest.raises(ValueError, match="image ids"):
-        encoder.discriminator_losses(_images(), CAPTIONS, epoch=0)
-    with pytest.raises(ValueError, match="negative_bank"):
-        _encoder(imagine={"negative_bank": 6})  # no contrastive term to add negatives to
-
-
 def test_the_discriminator_sees_translated_pictures_when_asked():
     torch.manual_seed(0)
     plain = _encoder(imagine={"match_weight": 1.0}).train()
     shifted = _encoder(imagine={"match_weight": 1.0, "translation": 0.125}).train()
     shifted.load_state_dict(plain.state_dict())
-    ids = torch.arange(4)
-    same = [float(plain.discriminator_losses(_images(), CAPTIONS, 0, image_ids=ids)["real_right"].detach())
-            for _ in range(2)]
-    moved = [float(shifted.discriminator_losses(_images(), CAPTIONS, 0, image_ids=ids)["real_right"].detach())
-             for _ in range(2)]
+    same = [float(plain.discriminator_losses(_images(), CAPTIONS, 0)["real_right"].detach()) for _ in range(2)]
+    moved = [float(shifted.discriminator_losses(_images(), CAPTIONS, 0)["real_right"].detach()) for _ in range(2)]
     assert same[0] == pytest.approx(same[1]) and moved[0] != pytest.approx(moved[1])  # a new shift each step
     with pytest.raises(ValueError, match="translation"):
         _encoder(imagine={"translation": 0.5})

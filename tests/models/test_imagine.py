@@ -11,7 +11,6 @@ from models.imagine import (
     ConditioningAugmentation,
     Generator,
     MatchingDiscriminator,
-    TextBank,
     contrastive_matching,
     discriminator_loss,
     generator_loss,
@@ -81,35 +80,6 @@ def test_contrastive_matching_on_a_hand_made_case():
     duplicates = torch.ones(2, 2, dtype=torch.bool)
     assert float(contrastive_matching(same, same, 0.1)) == pytest.approx(math.log(2), rel=1e-4)
     assert float(contrastive_matching(same, same, 0.1, duplicates)) == pytest.approx(0.0, abs=1e-6)
-
-
-def test_extra_negatives_count_for_the_image_to_text_direction_unless_excluded():
-    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    base = float(contrastive_matching(images, images, 0.1))
-    # a bank caption identical to image 0's text: a second right answer for image 0 unless it is
-    # marked as describing image 0 itself
-    extra = torch.tensor([[1.0, 0.0]])
-    counted = float(contrastive_matching(images, images, 0.1, extra_texts=extra))
-    # image 0: -log(e^10 / (2 e^10 + 1)); image 1: unchanged but for one more e^0 term; text side unchanged
-    expected = (math.log(2 + math.exp(-10)) + math.log1p(2 * math.exp(-10)) + 2 * math.log1p(math.exp(-10))) / 4
-    assert counted == pytest.approx(expected, rel=1e-4) and counted > base
-    excluded = torch.tensor([[True], [False]])
-    left_out = float(contrastive_matching(images, images, 0.1, extra_texts=extra, extra_excluded=excluded))
-    assert left_out == pytest.approx((math.log1p(math.exp(-10)) + math.log1p(2 * math.exp(-10))
-                                      + 2 * math.log1p(math.exp(-10))) / 4, rel=1e-3)
-
-
-def test_text_bank_keeps_the_latest_captions_and_their_images():
-    bank = TextBank(size=3, text_dim=2)
-    assert bank.entries()[0].shape == (0, 2)
-    bank.push(torch.tensor([[1.0, 0.0], [2.0, 0.0]]), torch.tensor([10, 11]))
-    bank.push(torch.tensor([[3.0, 0.0], [4.0, 0.0]]), torch.tensor([12, 13]))
-    texts, ids = bank.entries()
-    assert sorted(texts[:, 0].tolist()) == [2.0, 3.0, 4.0] and sorted(ids.tolist()) == [11, 12, 13]
-    assert dict(zip(ids.tolist(), texts[:, 0].tolist(), strict=True)) == {11: 2.0, 12: 3.0, 13: 4.0}
-    assert "texts" not in bank.state_dict()  # working memory, not part of a checkpoint
-    with pytest.raises(ValueError, match="at least one caption"):
-        TextBank(size=0, text_dim=2)
 
 
 def test_the_contrastive_term_is_trained_on_real_pairs_and_pulls_the_fakes():
