@@ -74,17 +74,22 @@ def gan_pictures(split) -> torch.Tensor:
     return split.pixels.float() / 127.5 - 1
 
 
-def train_heads(encoder, records, probes, val_pictures, steps: int, translation: float) -> list[dict]:
-    """A fresh discriminator trained on real pairs by the contrastive term alone; the swap test
-    every 100 steps."""
-    torch.manual_seed(0)
+def training_pairs(encoder, records) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the training split's pictures, each caption's picture index, each caption's text features)."""
     train = decode_split(records, "train", encoder.thumbnail_size, progress=False)
-    pictures = gan_pictures(train)
     pairs = [(i, c) for i, r in enumerate(train.records) for c in r.captions]
-    owners = torch.tensor([i for i, _ in pairs])
     with torch.no_grad():
         texts = torch.cat([l2_normalize(encoder.text_low([c for _, c in pairs[s:s + 512]]))
                            for s in range(0, len(pairs), 512)])
+    return gan_pictures(train), torch.tensor([i for i, _ in pairs]), texts
+
+
+def train_heads(encoder, train: tuple[torch.Tensor, torch.Tensor, torch.Tensor], probes, val_pictures,
+                steps: int, translation: float) -> list[dict]:
+    """A fresh discriminator trained on real pairs (`training_pairs`) by the contrastive term
+    alone; the swap test every 100 steps."""
+    torch.manual_seed(0)
+    pictures, owners, texts = train
     source = encoder.discriminator
     discriminator = MatchingDiscriminator(source.match_text.in_features, source.compress_text[0].out_features,
                                           source.body[0][0].out_channels, encoder.thumbnail_size,
@@ -92,7 +97,7 @@ def train_heads(encoder, records, probes, val_pictures, steps: int, translation:
     optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=(0.5, 0.999))
     curve = [{"step": 0, **swap_accuracy(discriminator, val_pictures, probes)}]
     for step in range(1, steps + 1):
-        batch = torch.randint(len(pairs), (128,))
+        batch = torch.randint(len(texts), (128,))
         seen = discriminator.features(random_translation(pictures[owners[batch]], translation))
         text = texts[batch]
         loss = contrastive_matching(*discriminator.matching(seen, text), 0.1, same_text(text))
@@ -138,7 +143,8 @@ def main() -> None:
     for attribute in ("shape", "colour"):
         print(f"{attribute:<8}{result[attribute]['matching_heads']:>16.3f}{result[attribute]['logit']:>8.3f}")
     if args.train_heads:
-        result["trained_heads"] = {str(share): train_heads(encoder, records, shapes, pictures, args.train_heads, share)
+        train = training_pairs(encoder, records)
+        result["trained_heads"] = {str(share): train_heads(encoder, train, shapes, pictures, args.train_heads, share)
                                    for share in args.translation}
         first = result["trained_heads"][str(args.translation[0])]
         print(f"{'translation':<12}" + "".join(f"{p['step']:>7}" for p in first))
