@@ -57,6 +57,13 @@ from models.two_level import join_levels, joint_similarity
 from models.vocab import Vocabulary
 
 
+def _has_trainable_path(modules: Sequence[nn.Module], inputs: Sequence[torch.Tensor]) -> bool:
+    """Whether a term that `modules` compute from `inputs` can train anything. A stage that holds
+    them all fixed (the caption decoder during an imagine stage, the generator during a caption stage)
+    skips the term instead of paying for a forward pass that nothing learns from."""
+    return any(t.requires_grad for t in inputs) or any(p.requires_grad for m in modules for p in m.parameters())
+
+
 def caption_scores(generated: Sequence[str], split: DecodedSplit) -> dict[str, float]:
     """Corpus BLEU-4 and CIDEr-D of one generated caption per image of `split`, against its captions."""
     references = [r.captions for r in split.records]
@@ -328,7 +335,7 @@ class GXN(Encoder):
         terms, total = {"ranking": rank.detach()}, rank
         if not self.generative(epoch):
             return {"loss": total, **terms}
-        if self.describes_images:
+        if self.describes_images and _has_trainable_path([self.decoder], [image_low, regions]):
             caption = self.decoder.loss(image_low, regions, captions)
             terms["caption_xent"] = caption.detach()
             total = total + self.caption_weight * caption
@@ -336,7 +343,7 @@ class GXN(Encoder):
                 scst, reward = self._self_critical_loss(image_low, regions, image_ids)
                 terms.update(scst=scst.detach(), cider_reward=reward)
                 total = total + self.scst_weight * scst
-        if self.imagines_texts:
+        if self.imagines_texts and _has_trainable_path([self.conditioning, self.generator], [text_low]):
             imagining, imagining_terms = self._imagining_losses(pixels, text_low)
             terms.update(imagining_terms)
             total = total + self.imagine_weight * imagining

@@ -189,8 +189,9 @@ def _new_encoder(config: TrainConfig, records: list[ImageRecord]) -> Encoder:
 
 def _warm_start(config: TrainConfig, train_records: list[ImageRecord]) -> Encoder:
     """Start from a trained checkpoint's weights and vocabulary; `model_overrides` may change the
-    loss (e.g. switch a VSE0 model to VSE++'s hardest negatives) but not the architecture. Weights
-    tied to the old training set (a Dual-Path instance classifier over other images) start anew."""
+    loss (e.g. switch a VSE0 model to VSE++'s hardest negatives) or add a branch the source was
+    built without (GXN's imagine branch). Weights tied to the old training set (a Dual-Path instance
+    classifier over other images) and those of an added branch start anew."""
     source = load_encoder(config.init_from)
     model_config = merge_config(source.config, config.model_overrides)
     model_config = family_class(model_config).config_for_training_set(model_config, train_records)
@@ -201,7 +202,7 @@ def _warm_start(config: TrainConfig, train_records: list[ImageRecord]) -> Encode
     weights = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
     fresh = sorted(set(own) - set(weights))
     if fresh:
-        print(f"init_from: {len(fresh)} tensor(s) start anew (their shape changed): {', '.join(fresh[:4])}")
+        print(f"init_from: {len(fresh)} tensor(s) start anew (new, or their shape changed): {', '.join(fresh[:4])}")
     encoder.load_state_dict(weights, strict=not fresh)
     return encoder
 

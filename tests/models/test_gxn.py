@@ -278,6 +278,29 @@ def test_a_caption_stage_trains_the_decoder_alone_and_keeps_the_best_captions(sc
     assert after["decoder.embed.weight"].equal(last["decoder.embed.weight"]) == best_is_last
 
 
+def test_an_imagine_stage_adds_the_branch_to_a_describing_gxn_and_trains_only_it(scenes, tmp_path):
+    """init_from a GXN built without the imagine branch, with the branch switched on and only the
+    generator and its conditioning in train_only: the branch starts anew and trains (the
+    discriminator in its own step); the embedding and the decoder stay the source's, bit for bit."""
+    first = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "first"), epochs=1,
+                        batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
+                        model_overrides={"imagine": {"weight": 0.0}})
+    source = train(first, progress=False).best_checkpoint
+    stage = TrainConfig(data=str(scenes), init_from=str(source), out_dir=str(tmp_path / "stage"), epochs=1,
+                        batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
+                        train_only=["generator", "conditioning"],
+                        model_overrides={"imagine": {"weight": 1.0, "translation": 0.125}})
+    result = train(stage, progress=False)
+    before, after = load_encoder(source).state_dict(), load_encoder(result.best_checkpoint)
+    assert after.imagines_texts and not load_encoder(source).imagines_texts
+    shared = {name for name in before if not torch.equal(before[name], after.state_dict()[name])}
+    assert not shared  # embedding and decoder untouched
+    added = {name.split(".")[0] for name in set(after.state_dict()) - set(before)}
+    assert added == {"generator", "conditioning", "discriminator"}
+    terms = result.history[0]["loss_terms"]
+    assert "generator" in terms and "caption_xent" not in terms
+
+
 def test_a_caption_stage_leaves_the_discriminator_to_its_own_step_and_unfreezes_nothing():
     encoder = _encoder(image={"freeze": True}).train()
     _freeze_all_but(encoder, ["decoder"])
@@ -287,10 +310,25 @@ def test_a_caption_stage_leaves_the_discriminator_to_its_own_step_and_unfreezes_
     _freeze_all_but(encoder, ["image_tower"])  # the frozen backbone stays frozen
     assert not any(p.requires_grad for p in encoder.image_tower.backbone.parameters())
     # the generator's step restores the discriminator's flags as it found them
+    encoder = _encoder(image={"freeze": True}).train()
+    _freeze_all_but(encoder, ["decoder", "generator"])
     encoder.discriminator.compress_text.requires_grad_(False)
-    encoder.training_losses(_images(), CAPTIONS, epoch=0)
+    assert "generator" in encoder.training_losses(_images(), CAPTIONS, epoch=0)
     assert not any(p.requires_grad for p in encoder.discriminator.compress_text.parameters())
     assert all(p.requires_grad for p in encoder.discriminator.body.parameters())
+
+
+def test_a_stage_skips_the_generative_terms_it_holds_fixed():
+    """A caption stage computes no imagined pictures and an imagine stage no caption loss: nothing
+    would learn from them. With the embedding training, the caption term stays (it shapes it)."""
+    stages = {("decoder",): ({"caption_xent"}, {"generator"}),
+              ("generator", "conditioning"): ({"generator", "kl"}, {"caption_xent"}),
+              ("image_tower",): ({"caption_xent"}, {"generator"})}
+    for train_only, (computed, skipped) in stages.items():
+        encoder = _encoder(image={"freeze": True}).train()
+        _freeze_all_but(encoder, list(train_only))
+        terms = encoder.training_losses(_images(), CAPTIONS, epoch=0)
+        assert computed <= set(terms) and not skipped & set(terms), train_only
 
 
 def test_caption_stage_options_fail_clearly(scenes, tmp_path):
