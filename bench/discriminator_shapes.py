@@ -69,11 +69,6 @@ def swap_accuracy(discriminator: MatchingDiscriminator, pictures: torch.Tensor, 
     return {"matching_heads": heads / len(probes), "logit": logit / len(probes)}
 
 
-def gan_pictures(split) -> torch.Tensor:
-    """uint8 thumbnails -> the [-1, 1] pictures the discriminator reads."""
-    return split.pixels.float() / 127.5 - 1
-
-
 def training_pairs(encoder, records) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(the training split's pictures, each caption's picture index, each caption's text features)."""
     train = decode_split(records, "train", encoder.thumbnail_size, progress=False)
@@ -81,7 +76,7 @@ def training_pairs(encoder, records) -> tuple[torch.Tensor, torch.Tensor, torch.
     with torch.no_grad():
         texts = torch.cat([l2_normalize(encoder.text_low([c for _, c in pairs[s:s + 512]]))
                            for s in range(0, len(pairs), 512)])
-    return gan_pictures(train), torch.tensor([i for i, _ in pairs]), texts
+    return encoder.gan_pixels(train.pixels), torch.tensor([i for i, _ in pairs]), texts
 
 
 def train_heads(encoder, train: tuple[torch.Tensor, torch.Tensor, torch.Tensor], probes, val_pictures,
@@ -128,7 +123,7 @@ def main() -> None:
         sys.exit(f"{args.checkpoint}: no discriminator with matching heads (imagine.match_weight)")
     records = load_records(args.data)
     split = decode_split(records, args.split, encoder.thumbnail_size, progress=False)
-    pictures = gan_pictures(split)
+    pictures = encoder.gan_pixels(split.pixels)
     shapes = swap_probes(encoder, split, SHAPES, "shape")
     colours = swap_probes(encoder, split, tuple(COLOURS), "colour")
     if not shapes:

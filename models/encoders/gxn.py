@@ -316,7 +316,7 @@ class GXN(Encoder):
         with torch.no_grad():
             text = self.text_low(captions)
             fake = self.generator(self.conditioning(text)[0])
-            real = self._gan_pixels(pixels)
+            real = self.gan_pixels(pixels)
         terms = discriminator_loss(self.discriminator, real, fake, l2_normalize(text), self.match_weight,
                                    self.match_temperature, self.translation)
         if self.pretrained_match_weight:
@@ -377,7 +377,7 @@ class GXN(Encoder):
             for parameter, flag in zip(self.discriminator.parameters(), flags, strict=True):
                 parameter.requires_grad_(flag)
         if self.reconstruction_weight:
-            reconstruction = F.l1_loss(imagined, self._gan_pixels(pixels))
+            reconstruction = F.l1_loss(imagined, self.gan_pixels(pixels))
             terms["reconstruction"] = reconstruction.detach()
             total = total + self.reconstruction_weight * reconstruction
         return total, terms
@@ -411,7 +411,7 @@ class GXN(Encoder):
         features = tower.raw_features(x.contiguous(memory_format=torch.channels_last))
         return F.normalize(features.mean(dim=(2, 3)) if features.dim() == 4 else features, dim=1)
 
-    def _gan_pixels(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
+    def gan_pixels(self, images: torch.Tensor | BackboneFeatures) -> torch.Tensor:
         """uint8 training pixels (or the thumbnails beside cached features) -> [-1, 1] at the generator's size."""
         pixels = images.thumbnails if isinstance(images, BackboneFeatures) else images
         if pixels is None:

@@ -427,7 +427,7 @@ def test_pretrained_matching_is_lowest_for_the_right_texts_once_learnt():
         optimizer.step()
     encoder.eval()
     with torch.no_grad():
-        seen, text = encoder._pretrained_view(encoder._gan_pixels(images)), encoder.text_low(CAPTIONS)
+        seen, text = encoder._pretrained_view(encoder.gan_pixels(images)), encoder.text_low(CAPTIONS)
         right = encoder._pretrained_matching(seen, text)
         shuffled = encoder._pretrained_matching(seen.roll(1, dims=0), text)
     assert right < torch.log(torch.tensor(4.0)) < shuffled, (right, shuffled)
