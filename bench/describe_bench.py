@@ -3,7 +3,7 @@ captions, indexed with a trained GXN (which describes images), then indexed agai
 describe stage's images/s, that the second run regenerates nothing, and example captions beside
 the photos' own (human) captions, which the index never saw. Prints a table and writes JSON.
 
-    python bench/describe_bench.py --checkpoint runs/flickr8k_gxn_lite0_minilm/model_best.pt
+    python bench/describe_bench.py --checkpoint runs/flickr8k_gxn_lite0_minilm_caption_stage_more/model_best.pt
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def draw_examples(examples: list[dict], files: dict[str, Path], out: Path) -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path,
-                        default=ROOT / "runs" / "flickr8k_gxn_lite0_minilm" / "model_best.pt")
+                        default=ROOT / "runs" / "flickr8k_gxn_lite0_minilm_caption_stage_more" / "model_best.pt")
     parser.add_argument("--images", type=int, default=300)
     parser.add_argument("--examples", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "describe_bench.json")
