@@ -13,7 +13,17 @@ ray = pytest.importorskip("ray", reason="distributed encoding needs Ray (imgsear
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Ray gives a new raylet a fixed 30 s to register; on two busy cores in the middle of the suite
+    # it once missed that window (it starts in seconds alone). One retry tells that apart from an
+    # install that cannot start a node at all, which still fails here.
+    for attempt in range(2):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+            break
+        except Exception:
+            ray.shutdown()
+            if attempt:
+                raise
     yield
     ray.shutdown()
 

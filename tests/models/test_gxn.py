@@ -251,17 +251,25 @@ def test_training_alternates_steps_logs_caption_quality_and_resumes_exactly(scen
     assert straight[-1]["loss_terms"] == pytest.approx(history[-1]["loss_terms"], rel=1e-4)
 
 
+def _describing_gxn(scenes, out_dir):
+    """A tiny GXN trained one epoch without its imagine branch: the source of the stage tests."""
+    config = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(out_dir), epochs=1, batch_size=16,
+                         lr=1e-3, min_word_count=1, augment=False, threads=2,
+                         model_overrides={"imagine": {"weight": 0.0}})
+    return train(config, progress=False).best_checkpoint
+
+
+def _stage(scenes, source, out_dir, **options) -> TrainConfig:
+    return TrainConfig(data=str(scenes), init_from=str(source), out_dir=str(out_dir), batch_size=16, lr=1e-3,
+                       min_word_count=1, augment=False, threads=2, **options)
+
+
 def test_a_caption_stage_trains_the_decoder_alone_and_keeps_the_best_captions(scenes, tmp_path):
     """init_from a trained GXN, train_only the decoder, select by val CIDEr-D: the embedding (and
     so every retrieval figure) is the source's, bit for bit; the decoder moved; model_best is the
     epoch with the best captions."""
-    first = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "first"), epochs=1,
-                        batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
-                        model_overrides={"imagine": {"weight": 0.0}})
-    source = train(first, progress=False).best_checkpoint
-    stage = TrainConfig(data=str(scenes), init_from=str(source), out_dir=str(tmp_path / "stage"), epochs=2,
-                        batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
-                        train_only=["decoder"], select_by="cider_d")
+    source = _describing_gxn(scenes, tmp_path / "first")
+    stage = _stage(scenes, source, tmp_path / "stage", epochs=2, train_only=["decoder"], select_by="cider_d")
     result = train(stage, progress=False)
     before, after = load_encoder(source).state_dict(), load_encoder(result.best_checkpoint).state_dict()
     moved = {name for name in before if not torch.equal(before[name], after[name])}
@@ -282,14 +290,9 @@ def test_an_imagine_stage_adds_the_branch_to_a_describing_gxn_and_trains_only_it
     """init_from a GXN built without the imagine branch, with the branch switched on and only the
     generator and its conditioning in train_only: the branch starts anew and trains (the
     discriminator in its own step); the embedding and the decoder stay the source's, bit for bit."""
-    first = TrainConfig(data=str(scenes), model="gxn_tiny", out_dir=str(tmp_path / "first"), epochs=1,
-                        batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
-                        model_overrides={"imagine": {"weight": 0.0}})
-    source = train(first, progress=False).best_checkpoint
-    stage = TrainConfig(data=str(scenes), init_from=str(source), out_dir=str(tmp_path / "stage"), epochs=1,
-                        batch_size=16, lr=1e-3, min_word_count=1, augment=False, threads=2,
-                        train_only=["generator", "conditioning"],
-                        model_overrides={"imagine": {"weight": 1.0, "translation": 0.125}})
+    source = _describing_gxn(scenes, tmp_path / "first")
+    stage = _stage(scenes, source, tmp_path / "stage", epochs=1, train_only=["generator", "conditioning"],
+                   model_overrides={"imagine": {"weight": 1.0, "translation": 0.125}})
     result = train(stage, progress=False)
     before, after = load_encoder(source).state_dict(), load_encoder(result.best_checkpoint)
     assert after.imagines_texts and not load_encoder(source).imagines_texts
