@@ -294,11 +294,12 @@ def test_an_imagine_stage_adds_the_branch_to_a_describing_gxn_and_trains_only_it
     stage = _stage(scenes, source, tmp_path / "stage", epochs=1, train_only=["generator", "conditioning"],
                    model_overrides={"imagine": {"weight": 1.0, "translation": 0.125}})
     result = train(stage, progress=False)
-    before, after = load_encoder(source).state_dict(), load_encoder(result.best_checkpoint)
-    assert after.imagines_texts and not load_encoder(source).imagines_texts
-    shared = {name for name in before if not torch.equal(before[name], after.state_dict()[name])}
+    source_encoder, staged = load_encoder(source), load_encoder(result.best_checkpoint)
+    assert staged.imagines_texts and not source_encoder.imagines_texts
+    before, after = source_encoder.state_dict(), staged.state_dict()
+    shared = {name for name in before if not torch.equal(before[name], after[name])}
     assert not shared  # embedding and decoder untouched
-    added = {name.split(".")[0] for name in set(after.state_dict()) - set(before)}
+    added = {name.split(".")[0] for name in set(after) - set(before)}
     assert added == {"generator", "conditioning", "discriminator"}
     terms = result.history[0]["loss_terms"]
     assert "generator" in terms and "caption_xent" not in terms
